@@ -1,0 +1,66 @@
+"""Command line: the only module that prints or exits.
+
+Each command imports its implementation lazily so that `optimize run` and
+`optimize transcribe` never import torch. Only OptimizeError is caught: it is a
+user error and prints as one line; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from optimize.errors import OptimizeError
+
+app = typer.Typer(pretty_exceptions_show_locals=False, no_args_is_help=True, add_completion=False)
+
+
+def _user_errors(fn):
+    """Turn OptimizeError into `error: message (fix)` and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OptimizeError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+# ---- export (issue: export + recognizer) ------------------------------------------------
+
+
+@app.command()
+@_user_errors
+def export(
+    ckpt_dir: Path = typer.Argument(..., help="official checkpoint dir: model.pth.tar, cmvn.ark, dict.txt"),
+    output: Path = typer.Option(..., "-o", "--output", help="directory for encoder.onnx, decoder.onnx, tokens.txt"),
+    fixed_cache_len: Optional[int] = typer.Option(
+        None, "--fixed-cache-len", help="export the published v1 layout with this fixed self-cache length (1024)"
+    ),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17)"),
+):
+    """Export an official FireRedASR AED checkpoint to the split sherpa-onnx contract."""
+    from optimize.export.exporter import ExportConfig, export_checkpoint
+
+    cfg = ExportConfig()
+    overrides = {k: v for k, v in {"fixed_cache_len": fixed_cache_len, "opset": opset}.items() if v is not None}
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, **overrides)
+    for path in export_checkpoint(ckpt_dir, output, cfg):
+        typer.echo(f"wrote {path}")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,123 @@
+"""The split-model contract of the published sherpa-onnx FireRedASR AED exports.
+
+Every name here is used by position and by name in sherpa-onnx
+(sherpa-onnx/csrc/offline-fire-red-asr-model.cc): encoder 2 inputs / 2 outputs,
+decoder 6 inputs / 3 outputs, float32 at the boundary, int64 ids. Nothing else in
+the package retypes these strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from optimize.errors import OptimizeError
+
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+TOKENS_FILE = "tokens.txt"
+
+# (name, onnx elem type) in the published order. 1 = FLOAT, 7 = INT64.
+ENCODER_INPUTS = (("x", 1), ("x_len", 7))
+ENCODER_OUTPUTS = (("n_layer_cross_k", 1), ("n_layer_cross_v", 1))
+DECODER_INPUTS = (
+    ("tokens", 7),
+    ("in_n_layer_self_k_cache", 1),
+    ("in_n_layer_self_v_cache", 1),
+    ("n_layer_cross_k", 1),
+    ("n_layer_cross_v", 1),
+    ("offset", 7),
+)
+DECODER_OUTPUTS = (
+    ("logits", 1),
+    ("out_n_layer_self_k_cache", 1),
+    ("out_n_layer_self_v_cache", 1),
+)
+
+# Our one extension: an additive cross-attention mask (0 keep, -inf drop), shape
+# (N, 1, 1, T'), float32. It is a graph input backed by an all-zero (1, 1, 1, 1)
+# initializer, so ORT lists it as an overridable initializer, not a required
+# input: six-input callers (sherpa-onnx) never see it, batched callers pass it.
+CROSS_MASK = "cross_attn_mask"
+
+# Keys sherpa-onnx requires on the encoder (it exits if one is missing).
+REQUIRED_METADATA = (
+    "num_decoder_layers",
+    "num_head",
+    "head_dim",
+    "sos",
+    "eos",
+    "max_len",
+    "cmvn_mean",
+    "cmvn_inv_stddev",
+)
+# Keys we add; `version` bumps when the graph semantics change.
+EXTRA_METADATA = ("model_type", "vocab_size", "version")
+MODEL_TYPE = "fire-red-asr-aed"
+# max_len stays 1024 as in the published v1: older sherpa-onnx allocates the
+# self-attention cache with this length when the cache dim is dynamic.
+MAX_LEN = 1024
+# Version 1: the published v1 layout. Our dynamic-cache graphs keep it: the
+# semantics (write K/V at `offset`, attend to [0, offset]) are unchanged.
+CONTRACT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model pair says about itself through its encoder metadata."""
+
+    num_decoder_layers: int
+    num_head: int
+    head_dim: int
+    sos: int
+    eos: int
+    max_len: int
+    vocab_size: int
+    cmvn_mean: tuple[float, ...]
+    cmvn_inv_stddev: tuple[float, ...]
+    fixed_cache_len: int | None  # 1024 for the v1 layout, None when dynamic
+
+    @property
+    def d_model(self) -> int:
+        return self.num_head * self.head_dim
+
+
+def parse_metadata(meta: dict[str, str], where: str) -> dict[str, object]:
+    """Validate and convert encoder metadata_props; raise OptimizeError naming missing keys."""
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise OptimizeError(
+            f"{where} lacks encoder metadata {', '.join(missing)}",
+            "re-export with `optimize export`, which writes every key sherpa-onnx requires",
+        )
+    out: dict[str, object] = {}
+    try:
+        for key in ("num_decoder_layers", "num_head", "head_dim", "sos", "eos", "max_len"):
+            out[key] = int(meta[key])
+        for key in ("cmvn_mean", "cmvn_inv_stddev"):
+            out[key] = tuple(float(v) for v in meta[key].split(","))
+    except ValueError as e:
+        raise OptimizeError(f"{where} has malformed metadata: {e}", "re-export the model") from e
+    return out
+
+
+def check_io(names_types: list[tuple[str, int]], expected: tuple, what: str, where: str) -> None:
+    """Compare a graph's (name, elem_type) list with the contract, prefix-exact."""
+    got = list(names_types)[: len(expected)]
+    if got != list(expected) or len(names_types) < len(expected):
+        raise OptimizeError(
+            f"{where}: {what} are {names_types}, the contract needs {list(expected)}",
+            "use a pair in the published FireRedASR contract (made by `optimize export`)",
+        )
+
+
+def model_paths(model_dir: Path) -> tuple[Path, Path, Path]:
+    """The three files of a pair; raise OptimizeError if one is missing."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise OptimizeError(f"model directory {model_dir} does not exist", "pass a directory holding encoder.onnx, decoder.onnx, tokens.txt")
+    paths = tuple(model_dir / f for f in (ENCODER_FILE, DECODER_FILE, TOKENS_FILE))
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise OptimizeError(f"{model_dir} lacks {', '.join(missing)}", "export the pair with `optimize export CKPT_DIR -o DIR`")
+    return paths  # type: ignore[return-value]

@@ -1,0 +1,13 @@
+"""The one user-facing error type. The CLI prints it on one line and exits non-zero."""
+
+
+class OptimizeError(Exception):
+    """A problem the user can fix: `message` says what is wrong, `fix` what to do about it."""
+
+    def __init__(self, message: str, fix: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.fix})" if self.fix else self.message
