@@ -89,10 +89,13 @@ def read_kaldi_cmvn(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=count, offset=pos).reshape(rows, cols).astype(np.float64)
 
 
-def write_kaldi_cmvn(path: Path, stats: np.ndarray, key: str = "cmvn") -> None:
-    """Write stats, shape = (2, D+1), as a Kaldi binary double matrix archive entry."""
+def write_kaldi_cmvn(path: Path, stats: np.ndarray) -> None:
+    """Write stats, shape = (2, D+1), as a bare Kaldi binary double matrix.
+
+    Bare (no archive key), because FireRedASR reads cmvn.ark with kaldiio.load_mat.
+    """
     rows, cols = stats.shape
-    header = key.encode() + b" \0BDM " + b"\x04" + struct.pack("<i", rows) + b"\x04" + struct.pack("<i", cols)
+    header = b"\0BDM " + b"\x04" + struct.pack("<i", rows) + b"\x04" + struct.pack("<i", cols)
     Path(path).write_bytes(header + np.ascontiguousarray(stats, dtype="<f8").tobytes())
 
 
