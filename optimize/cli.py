@@ -19,6 +19,11 @@ from optimize.errors import OptimizeError
 app = typer.Typer(pretty_exceptions_show_locals=False, no_args_is_help=True, add_completion=False)
 
 
+@app.callback()
+def _root() -> None:
+    """Export FireRedASR AED to split ONNX, optimize it for ONNX Runtime, and prove accuracy held."""
+
+
 def _user_errors(fn):
     """Turn OptimizeError into `error: message (fix)` and exit 2."""
 

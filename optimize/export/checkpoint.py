@@ -1,0 +1,164 @@
+"""The official FireRedASR AED checkpoint directory: read, write, and make random ones.
+
+Layout (HF FireRedTeam/FireRedASR-AED-L): `model.pth.tar` = {"args": argparse.Namespace,
+"model_state_dict": ...}, `cmvn.ark` (Kaldi 2 x 81 stats), `dict.txt` (`token id` per line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from optimize.errors import OptimizeError
+from optimize.export.model import AedDims, FireRedAsrAed, sinusoid
+from optimize.runtime.features import cmvn_stats, read_kaldi_cmvn, write_kaldi_cmvn
+
+CKPT_FILE, CMVN_FILE, DICT_FILE = "model.pth.tar", "cmvn.ark", "dict.txt"
+SPECIAL_TOKENS = ("<blank>", "<unk>", "<pad>", "<sos>", "<eos>")
+_DIM_FIELDS = tuple(f.name for f in dataclasses.fields(AedDims))
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint directory; the model is in eval mode."""
+
+    model: FireRedAsrAed
+    dims: AedDims
+    cmvn_stats: np.ndarray  # shape = (2, idim + 1), float64
+    tokens: tuple[str, ...]  # id -> symbol
+
+
+def read_dict(path: Path) -> tuple[str, ...]:
+    """dict.txt: `token id` per line, id equal to the line index (asserted by FireRedASR too)."""
+    tokens = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+        parts = line.split()
+        if len(parts) == 2 and parts[1] != str(i):
+            raise OptimizeError(f"{path} line {i + 1}: id {parts[1]} != line index {i}", "ids in dict.txt must be 0, 1, 2, ... in order")
+        tokens.append(" " if not parts or parts[0] == "<space>" else parts[0])
+    return tuple(tokens)
+
+
+def _require_files(ckpt_dir: Path) -> None:
+    if not ckpt_dir.is_dir():
+        raise OptimizeError(f"checkpoint directory {ckpt_dir} does not exist", "pass the directory holding model.pth.tar, cmvn.ark, dict.txt")
+    missing = [f for f in (CKPT_FILE, CMVN_FILE, DICT_FILE) if not (ckpt_dir / f).is_file()]
+    if missing:
+        raise OptimizeError(f"{ckpt_dir} lacks {', '.join(missing)}", "a FireRedASR AED checkpoint directory needs model.pth.tar, cmvn.ark and dict.txt")
+
+
+def _dims_from_args(args: object, where: Path) -> AedDims:
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args) if isinstance(args, dict) else None
+    if values is None:
+        raise OptimizeError(f"{where}: `args` is a {type(args).__name__}", "the checkpoint must store an argparse.Namespace under 'args'")
+    missing = [f for f in _DIM_FIELDS if f not in values and f not in ("residual_dropout", "dropout_rate", "pe_maxlen")]
+    if missing:
+        raise OptimizeError(f"{where}: args lack {', '.join(missing)}", "save the checkpoint with the official FireRedASR args")
+    return AedDims(**{f: values[f] for f in _DIM_FIELDS if f in values})
+
+
+def _load_package(path: Path) -> dict:
+    try:
+        package = torch.load(path, map_location="cpu", weights_only=False)  # args is an argparse.Namespace
+    except Exception as e:  # torch raises many types for a bad file
+        raise OptimizeError(f"cannot read {path}: {str(e).splitlines()[0][:200]}", "the file is truncated or not a torch checkpoint; download it again") from e
+    if not isinstance(package, dict) or "args" not in package or "model_state_dict" not in package:
+        raise OptimizeError(f"{path} holds no 'args' / 'model_state_dict'", "pass an official FireRedASR AED model.pth.tar")
+    return package
+
+
+def _check_keys(model: FireRedAsrAed, state: dict, where: Path) -> None:
+    expected, got = set(model.state_dict()), set(state)
+    missing, unexpected = sorted(expected - got), sorted(got - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''})")
+        raise OptimizeError(f"{where}: state dict does not match its args: {'; '.join(parts)}", "the checkpoint is not a FireRedASR AED model of these dimensions")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(model.state_dict()[key].shape):
+            raise OptimizeError(f"{where}: {key} has shape {tuple(value.shape)}, args imply {tuple(model.state_dict()[key].shape)}", "the args and weights disagree; re-save the checkpoint")
+
+
+def _check_pe(model: FireRedAsrAed, where: Path) -> None:
+    """The export computes both PE tables in-graph; the stored ones must equal the formula."""
+    for name, module in (("encoder", model.encoder.positional_encoding), ("decoder", model.decoder.positional_encoding)):
+        ref = sinusoid(torch.arange(module.pe.size(1)), module.d_model) if name == "decoder" else None
+        if ref is None:
+            half = module.pe.size(1) // 2
+            ref = sinusoid(torch.arange(half, -half - 1, -1), module.d_model)
+        if not torch.allclose(module.pe[0].float(), ref, atol=1e-4):
+            raise OptimizeError(f"{where}: {name}.positional_encoding.pe differs from the sinusoid formula", "this is not a FireRedASR table; the export cannot reproduce it")
+
+
+def load_checkpoint(ckpt_dir: Path) -> Checkpoint:
+    """Load an official checkpoint directory with strict key matching."""
+    ckpt_dir = Path(ckpt_dir)
+    _require_files(ckpt_dir)
+    package = _load_package(ckpt_dir / CKPT_FILE)
+    dims = _dims_from_args(package["args"], ckpt_dir / CKPT_FILE)
+    model = FireRedAsrAed(dims)
+    state = package["model_state_dict"]
+    _check_keys(model, state, ckpt_dir / CKPT_FILE)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    model.eval()
+    _check_pe(model, ckpt_dir / CKPT_FILE)
+    tokens = read_dict(ckpt_dir / DICT_FILE)
+    if len(tokens) != dims.odim:
+        raise OptimizeError(f"{ckpt_dir / DICT_FILE} has {len(tokens)} tokens, the model's odim is {dims.odim}", "use the dict.txt that came with the checkpoint")
+    stats = read_kaldi_cmvn(ckpt_dir / CMVN_FILE)
+    if stats.shape != (2, dims.idim + 1):
+        raise OptimizeError(f"{ckpt_dir / CMVN_FILE} has shape {stats.shape}, expected (2, {dims.idim + 1})", "use the cmvn.ark that came with the checkpoint")
+    return Checkpoint(model, dims, stats, tokens)
+
+
+def save_checkpoint(out_dir: Path, model: FireRedAsrAed, stats: np.ndarray, tokens: tuple[str, ...], dtype=torch.float32) -> None:
+    """Write the official layout atomically (temp names, then rename); `dtype` of the stored weights."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = argparse.Namespace(**dataclasses.asdict(model.dims), blank_id=0, unk="<unk>", blank="<blank>", pad="<pad>", sos="<sos>", eos="<eos>")
+    state = {k: v.detach().to(dtype).clone() for k, v in model.state_dict().items()}
+    tmp = out_dir / (CKPT_FILE + ".tmp")
+    torch.save({"args": args, "model_state_dict": state}, tmp)
+    os.replace(tmp, out_dir / CKPT_FILE)
+    write_kaldi_cmvn(out_dir / (CMVN_FILE + ".tmp"), stats)
+    os.replace(out_dir / (CMVN_FILE + ".tmp"), out_dir / CMVN_FILE)
+    (out_dir / (DICT_FILE + ".tmp")).write_text("".join(f"{t} {i}\n" for i, t in enumerate(tokens)), encoding="utf-8")
+    os.replace(out_dir / (DICT_FILE + ".tmp"), out_dir / DICT_FILE)
+
+
+def placeholder_tokens(odim: int) -> tuple[str, ...]:
+    """Specials, then CJK characters and `▁`-pieces, to fill a vocabulary of `odim` for random models."""
+    body = []
+    for i in range(odim - len(SPECIAL_TOKENS)):
+        body.append(chr(0x4E00 + i // 2) if i % 2 == 0 else f"▁W{i}")
+    return SPECIAL_TOKENS + tuple(body)
+
+
+def make_random_checkpoint(out_dir: Path, seed: int = 0, **dims) -> Path:
+    """Random-weight checkpoint in the official format at any dimensions (AedDims fields).
+
+    LayerNorm affines are randomized too, so parity tests exercise them. CMVN stats
+    describe log-mel-like features (mean about 10, std about 3).
+    """
+    torch.manual_seed(seed)
+    d = AedDims(**dims)
+    model = FireRedAsrAed(d)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.uniform_(0.8, 1.2)
+            elif "norm" in name and name.endswith("bias"):
+                p.uniform_(-0.1, 0.1)
+        model.decoder.tgt_word_emb.weight[d.pad_id].zero_()  # nn.Embedding(padding_idx) keeps the pad row at 0
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(10.0, 3.0, size=(1000, d.idim)) * rng.uniform(0.5, 1.5, size=d.idim)
+    save_checkpoint(out_dir, model, cmvn_stats([feats]), placeholder_tokens(d.odim))
+    return Path(out_dir)

@@ -1,0 +1,252 @@
+"""`optimize export`: an official checkpoint to encoder.onnx + decoder.onnx + tokens.txt.
+
+The graphs follow the published sherpa-onnx contract (optimize/contract.py). Two
+wrappers around our model: the encoder returns every decoder layer's cross-attention
+K/V, and the decoder runs one token with an explicit per-layer self K/V cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+from onnx import numpy_helper
+
+from optimize import contract
+from optimize.errors import OptimizeError
+from optimize.export.checkpoint import Checkpoint, load_checkpoint
+from optimize.export.model import FireRedAsrAed
+from optimize.runtime.features import cmvn_from_stats
+
+# A proto over 2 GiB cannot be serialized; leave headroom for the graph itself.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17  # Slice/Range with dynamic T need >= 11; 17 has LayerNormalization
+    fixed_cache_len: int | None = None  # None: dynamic self-cache length; 1024: the published v1 layout
+    trial_frames: int = 137  # frames of the trial input used for tracing and the shape asserts
+
+
+class EncoderGraph(nn.Module):
+    """x (N, T, idim) f32, x_len (N,) i64 -> n_layer_cross_k, n_layer_cross_v (L, N, T', D) f32."""
+
+    def __init__(self, model: FireRedAsrAed):
+        super().__init__()
+        self.encoder = model.encoder
+        self.cross = nn.ModuleList(layer.cross_attn for layer in model.decoder.layer_stack)
+
+    def forward(self, x: torch.Tensor, x_len: torch.Tensor):
+        enc, _ = self.encoder(x, x_len)
+        k = torch.stack([attn.w_ks(enc) for attn in self.cross])
+        v = torch.stack([attn.w_vs(enc) for attn in self.cross])
+        return k, v
+
+
+class DecoderStepGraph(nn.Module):
+    """One decoding step with explicit caches (the published v1 semantics).
+
+    tokens (N, 1) i64; in caches (L, N, S, H, Dh) f32; cross K/V (L, N, T', D) f32;
+    offset (1,) i64; cross_attn_mask (N, 1, 1, T') f32 additive.
+    The step writes its K/V at `offset` and attends to positions [0, offset].
+    Returns logits (N, 1, V) and the updated caches, same shapes as the inputs.
+    """
+
+    def __init__(self, model: FireRedAsrAed):
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(self, tokens, k_cache, v_cache, cross_k, cross_v, offset, cross_attn_mask):
+        dec = self.decoder
+        s = k_cache.size(2)
+        positions = torch.arange(s)
+        write = (positions == offset).view(1, s, 1, 1)
+        self_bias = torch.zeros(s).masked_fill(positions > offset, float("-inf")).view(1, 1, 1, s)
+        x = dec.embed(tokens, offset)
+        new_k, new_v = [], []
+        for i, layer in enumerate(dec.layer_stack):
+            attn = layer.self_attn
+            h = layer.self_attn_norm(x)
+            n = h.size(0)
+            k_i = torch.where(write, attn.w_ks(h).view(n, 1, attn.n_head, attn.d_k), k_cache[i])
+            v_i = torch.where(write, attn.w_vs(h).view(n, 1, attn.n_head, attn.d_k), v_cache[i])
+            new_k.append(k_i)
+            new_v.append(v_i)
+            q = attn.heads(attn.w_qs(h))
+            x = x + attn.attend(q, k_i.transpose(1, 2), v_i.transpose(1, 2), self_bias)
+            cross = layer.cross_attn
+            q = cross.heads(cross.w_qs(layer.cross_attn_norm(x)))
+            x = x + cross.attend(q, cross.heads(cross_k[i]), cross.heads(cross_v[i]), cross_attn_mask)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        logits = dec.tgt_word_prj(dec.layer_norm_out(x))
+        return logits, torch.stack(new_k), torch.stack(new_v)
+
+
+def metadata(ckpt: Checkpoint, fixed_cache_len: int | None) -> dict[str, str]:
+    """Encoder metadata_props: every key sherpa-onnx requires, plus ours."""
+    mean, inv_std = cmvn_from_stats(ckpt.cmvn_stats)
+    d = ckpt.dims
+    return {
+        "model_type": contract.MODEL_TYPE,
+        "version": contract.CONTRACT_VERSION,
+        "model_author": "FireRedTeam",
+        "comment": "exported by optimize",
+        "url": "https://github.com/FireRedTeam/FireRedASR",
+        "num_decoder_layers": str(d.n_layers_dec),
+        "num_head": str(d.n_head),
+        "head_dim": str(d.head_dim),
+        "sos": str(d.sos_id),
+        "eos": str(d.eos_id),
+        "max_len": str(fixed_cache_len or contract.MAX_LEN),
+        "vocab_size": str(d.odim),
+        "n_mels": str(d.idim),
+        "cmvn_mean": ",".join(repr(float(v)) for v in mean),
+        "cmvn_inv_stddev": ",".join(repr(float(v)) for v in inv_std),
+    }
+
+
+def _trial_inputs(ckpt: Checkpoint, cfg: ExportConfig):
+    d = ckpt.dims
+    torch.manual_seed(0)
+    x = torch.randn(2, cfg.trial_frames, d.idim)
+    x_len = torch.tensor([cfg.trial_frames, cfg.trial_frames - 40])
+    t_out = ((cfg.trial_frames + 6 - 3) // 2 + 1 - 3) // 2 + 1
+    s = cfg.fixed_cache_len or 7
+    dec_args = (
+        torch.full((2, 1), d.sos_id, dtype=torch.int64),
+        torch.zeros(d.n_layers_dec, 2, s, d.n_head, d.head_dim),
+        torch.zeros(d.n_layers_dec, 2, s, d.n_head, d.head_dim),
+        torch.randn(d.n_layers_dec, 2, t_out, d.d_model),
+        torch.randn(d.n_layers_dec, 2, t_out, d.d_model),
+        torch.tensor([2], dtype=torch.int64),
+        torch.zeros(2, 1, 1, t_out),
+    )
+    return (x, x_len), dec_args, t_out
+
+
+def _assert_shapes(ckpt: Checkpoint, enc: EncoderGraph, dec: DecoderStepGraph, enc_args, dec_args, t_out) -> None:
+    """Trial forward with the shapes the contract promises; the message carries the shape."""
+    d = ckpt.dims
+    with torch.no_grad():
+        k, v = enc(*enc_args)
+        logits, kc, vc = dec(*dec_args)
+    want = (d.n_layers_dec, 2, t_out, d.d_model)
+    assert tuple(k.shape) == want and tuple(v.shape) == want, f"cross K/V shape {tuple(k.shape)}, want {want}"
+    assert tuple(logits.shape) == (2, 1, d.odim), f"logits shape {tuple(logits.shape)}, want (2, 1, {d.odim})"
+    assert kc.shape == dec_args[1].shape and vc.shape == dec_args[2].shape, f"cache shape {tuple(kc.shape)}"
+
+
+def _dynamic_axes(fixed_cache_len: int | None) -> tuple[dict, dict]:
+    cache = {1: "N", 2: "S"} if fixed_cache_len is None else {1: "N"}
+    enc = {"x": {0: "N", 1: "T"}, "x_len": {0: "N"}, "n_layer_cross_k": {1: "N", 2: "T_enc"}, "n_layer_cross_v": {1: "N", 2: "T_enc"}}
+    dec = {
+        "tokens": {0: "N"},
+        "in_n_layer_self_k_cache": cache,
+        "in_n_layer_self_v_cache": cache,
+        "n_layer_cross_k": {1: "N", 2: "T_enc"},
+        "n_layer_cross_v": {1: "N", 2: "T_enc"},
+        "offset": {},
+        contract.CROSS_MASK: {0: "N", 3: "T_enc"},
+        "logits": {0: "N"},
+        "out_n_layer_self_k_cache": cache,
+        "out_n_layer_self_v_cache": cache,
+    }
+    return enc, dec
+
+
+def _torch_export(module: nn.Module, args: tuple, path: Path, names_in, names_out, axes, opset: int) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings on Python-int shape arithmetic are expected
+        torch.onnx.export(
+            module, args, str(path), input_names=list(names_in), output_names=list(names_out),
+            dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True,
+        )  # fmt: skip
+
+
+def _make_mask_overridable(model: onnx.ModelProto) -> None:
+    """Back `cross_attn_mask` by an all-zero (1,1,1,1) initializer: six-input callers need not pass it."""
+    names = [i.name for i in model.graph.input]
+    if contract.CROSS_MASK not in names:
+        return  # the mask was folded away: nothing reads it (cannot happen with our decoder)
+    zeros = numpy_helper.from_array(np.zeros((1, 1, 1, 1), dtype=np.float32), contract.CROSS_MASK)
+    model.graph.initializer.append(zeros)
+    # keep it last among the inputs so positional callers see exactly the contract's six
+    mask_input = model.graph.input[names.index(contract.CROSS_MASK)]
+    model.graph.input.remove(mask_input)
+    model.graph.input.append(mask_input)
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Save with external data (one `<name>.data` file) only when the proto would pass 2 GiB."""
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _finish_graph(raw: Path, final: Path, meta: dict[str, str] | None, decoder: bool) -> None:
+    model = onnx.load(str(raw), load_external_data=True)
+    if decoder:
+        _make_mask_overridable(model)
+    if meta:
+        model.metadata_props.clear()
+        for key, value in meta.items():
+            model.metadata_props.add(key=key, value=value)
+    save_onnx(model, final)
+
+
+def write_tokens(tokens: tuple[str, ...], path: Path) -> None:
+    """tokens.txt as sherpa-onnx reads it: `symbol id` per line."""
+    path.write_text("".join(f"{t if t.strip() else '<space>'} {i}\n" for i, t in enumerate(tokens)), encoding="utf-8")
+
+
+def _publish(tmp_dir: Path, out_dir: Path) -> list[Path]:
+    """Move finished files into out_dir (each an atomic rename); other files there stay."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in sorted(tmp_dir.iterdir()):
+        os.replace(f, out_dir / f.name)
+        written.append(out_dir / f.name)
+    stale = out_dir / (contract.ENCODER_FILE + ".data")
+    if stale.exists() and stale not in written:
+        stale.unlink()  # a previous, larger export's data must not shadow this one
+    return written
+
+
+def export_checkpoint(ckpt_dir: Path, out_dir: Path, cfg: ExportConfig = ExportConfig()) -> list[Path]:
+    """Export `ckpt_dir` to `out_dir`; returns the written paths. Nothing is written on failure."""
+    if cfg.fixed_cache_len is not None and cfg.fixed_cache_len < 2:
+        raise OptimizeError(f"--fixed-cache-len {cfg.fixed_cache_len} is too small", "use 1024 for the published v1 layout")
+    ckpt = load_checkpoint(Path(ckpt_dir))
+    model = ckpt.model
+    model.encoder.positional_encoding.in_graph = True
+    model.decoder.positional_encoding.in_graph = True
+    enc, dec = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
+    enc_args, dec_args, t_out = _trial_inputs(ckpt, cfg)
+    _assert_shapes(ckpt, enc, dec, enc_args, dec_args, t_out)
+    enc_axes, dec_axes = _dynamic_axes(cfg.fixed_cache_len)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
+        raw, final = Path(tmp) / "raw", Path(tmp) / "final"
+        raw.mkdir(), final.mkdir()
+        enc_names = [n for n, _ in contract.ENCODER_INPUTS], [n for n, _ in contract.ENCODER_OUTPUTS]
+        dec_names = [n for n, _ in contract.DECODER_INPUTS] + [contract.CROSS_MASK], [n for n, _ in contract.DECODER_OUTPUTS]
+        _torch_export(enc, enc_args, raw / contract.ENCODER_FILE, *enc_names, enc_axes, cfg.opset)
+        _finish_graph(raw / contract.ENCODER_FILE, final / contract.ENCODER_FILE, metadata(ckpt, cfg.fixed_cache_len), decoder=False)
+        shutil.rmtree(raw), raw.mkdir()  # free the encoder's raw copy before the decoder
+        _torch_export(dec, dec_args, raw / contract.DECODER_FILE, *dec_names, dec_axes, cfg.opset)
+        _finish_graph(raw / contract.DECODER_FILE, final / contract.DECODER_FILE, None, decoder=True)
+        write_tokens(ckpt.tokens, final / contract.TOKENS_FILE)
+        return _publish(final, out_dir)
+

@@ -1,0 +1,158 @@
+"""ONNX file I/O shared by the stages: load, save by size, metadata, op counts.
+
+Everything works by path, so that the same code handles the tiny test pair and a
+1.1B-parameter export whose weights exceed the 2 GB protobuf limit: such a model
+is never serialized in memory (no SerializeToString, no in-memory check_model or
+infer_shapes); it is written with its tensors in one `<name>.data` file beside it.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from optimize.errors import OptimizeError
+
+# Protobuf refuses messages over 2 GiB; keep a margin for the graph itself, the
+# names and the attribute tensors that the weight estimate below leaves out.
+PROTO_LIMIT_BYTES = int(1.8e9)
+# Tensors smaller than this stay inline even in an external-data model (onnx default).
+EXTERNAL_SIZE_THRESHOLD = 1024
+
+
+def load(path: Path, load_external: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file (and its external data); raise OptimizeError if it is unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise OptimizeError(f"{path} does not exist", "pass a directory holding encoder.onnx, decoder.onnx, tokens.txt")
+    try:
+        return onnx.load_model(str(path), load_external_data=load_external)
+    except (DecodeError, OSError, ValueError, RuntimeError) as e:
+        raise OptimizeError(
+            f"{path} is not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})",
+            "the file is truncated or corrupt: re-export the pair",
+        ) from e
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held by the graph's initializers, from their shapes (no serialization)."""
+    total = 0
+    for t in model.graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 4
+        total += int(np.prod(t.dims, dtype=np.int64)) * itemsize
+    return total
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """True when the weights alone come close to the protobuf limit."""
+    return tensor_bytes(model) > PROTO_LIMIT_BYTES
+
+
+def data_file_name(path: Path) -> str:
+    """The one external-data file a graph gets: `encoder.onnx` -> `encoder.onnx.data`."""
+    return Path(path).name + ".data"
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    """Write `model` to `path`, with external data exactly when its size requires it.
+
+    One `.data` file per graph (all_tensors_to_one_file) so that a pair stays three
+    files plus at most two data files, which is what sherpa-onnx and our cache expect.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if needs_external_data(model):
+        data = path.parent / data_file_name(path)
+        data.unlink(missing_ok=True)  # onnx appends to an existing data file
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=EXTERNAL_SIZE_THRESHOLD,
+        )
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def external_files(path: Path) -> list[Path]:
+    """The external-data files an ONNX file refers to (read without loading tensors)."""
+    model = load(path, load_external=False)
+    names: list[str] = []
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next(e.value for e in t.external_data if e.key == "location")
+            if loc not in names:
+                names.append(loc)
+    return [Path(path).parent / n for n in names]
+
+
+def files_of(path: Path) -> list[Path]:
+    """An ONNX file followed by its external-data files."""
+    return [Path(path), *external_files(path)]
+
+
+def size_bytes(path: Path) -> int:
+    """Size on disk of an ONNX file including its external data."""
+    return sum(p.stat().st_size for p in files_of(path))
+
+
+def sha256_files(paths: list[Path], chunk: int = 1 << 20) -> str:
+    """One sha256 over the names and bytes of several files, streamed (never all in memory)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode() + b"\0")
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def metadata(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """metadata_props as an ordered list of (key, value)."""
+    return [(p.key, p.value) for p in model.metadata_props]
+
+
+def set_metadata(model: onnx.ModelProto, props: list[tuple[str, str]]) -> None:
+    """Replace metadata_props with exactly `props`, in order.
+
+    Tools add keys of their own (the quantizer's `onnx.infer`, onnxsim's reports) or drop
+    them (external-data paths of the quantizer); the contract is the original list.
+    """
+    del model.metadata_props[:]
+    for key, value in props:
+        model.metadata_props.add(key=key, value=value)
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Node count per op type of the main graph, sorted by op type."""
+    return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
+
+
+def io_signature(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """((name, elem_type) of graph inputs, of graph outputs), in graph order."""
+    def sig(values):
+        return [(v.name, v.type.tensor_type.elem_type) for v in values]
+
+    return sig(model.graph.input), sig(model.graph.output)
+
+
+def overridable_initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Graph inputs that also have an initializer (ORT: overridable initializers)."""
+    inputs = {v.name for v in model.graph.input}
+    return {t.name: t for t in model.graph.initializer if t.name in inputs}
+
+
+def check(path: Path) -> None:
+    """onnx.checker on the file (the path form also works above 2 GB)."""
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:  # type: ignore[attr-defined]
+        raise OptimizeError(f"{path} is not a valid ONNX model: {str(e).splitlines()[0]}", "this is a stage bug: report it with the model") from e

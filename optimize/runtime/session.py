@@ -1,0 +1,179 @@
+"""An encoder/decoder ONNX Runtime session pair, checked against the contract on load.
+
+Shapes below use N = rows (utterances, or utterances x beams in the decoder),
+T = fbank frames, T' = encoder frames after 4x subsampling, L = decoder layers,
+D = model width (H x Dh), S = self-attention cache length, H x Dh = heads x head dim,
+V = vocabulary size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
+from optimize import contract
+from optimize.errors import OptimizeError
+
+_X, _X_LEN = (name for name, _ in contract.ENCODER_INPUTS)
+_TOKENS, _K_CACHE, _V_CACHE, _CROSS_K, _CROSS_V, _OFFSET = (name for name, _ in contract.DECODER_INPUTS)
+_ENC_OUTPUTS = [name for name, _ in contract.ENCODER_OUTPUTS]
+_DEC_OUTPUTS = [name for name, _ in contract.DECODER_OUTPUTS]
+
+# ORT reports I/O types as strings; contract.py uses onnx TensorProto element types.
+_ELEM_TYPES = {"tensor(float)": 1, "tensor(int64)": 7, "tensor(float16)": 10, "tensor(int32)": 6}
+# ORT's pybind exceptions derive from Exception directly, not RuntimeError.
+_ORT_ERRORS = (
+    _ort_state.Fail,
+    _ort_state.InvalidArgument,
+    _ort_state.InvalidGraph,
+    _ort_state.InvalidProtobuf,
+    _ort_state.NoSuchFile,
+    _ort_state.NotImplemented,
+    _ort_state.RuntimeException,
+    _ort_state.EPFail,
+)
+PROVIDERS = ("cpu", "cuda")
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads  # 0 = ORT's default (one per physical core)
+    return opts
+
+
+def _providers(provider: str) -> list:
+    if provider not in PROVIDERS:
+        raise OptimizeError(f"unknown provider {provider!r}", f"use one of {', '.join(PROVIDERS)}")
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise OptimizeError(
+            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (has {', '.join(ort.get_available_providers())})",
+            "install onnxruntime-gpu matching the CUDA version, or use --provider cpu",
+        )
+    # cuDNN's default EXHAUSTIVE conv search is very slow on first run (sherpa-onnx session.cc).
+    return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
+
+
+def _load(path: Path, provider: str, threads: int) -> ort.InferenceSession:
+    try:
+        sess = ort.InferenceSession(str(path), _session_options(threads), providers=_providers(provider))
+    except _ORT_ERRORS as e:
+        reason = " ".join(str(e).split())
+        raise OptimizeError(f"onnxruntime cannot load {path}: {reason}", "re-export the pair with `optimize export`") from e
+    if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise OptimizeError(
+            f"CUDAExecutionProvider failed to initialise for {path}", "check the CUDA/cuDNN libraries or use --provider cpu"
+        )
+    return sess
+
+
+def _io(args) -> list[tuple[str, int]]:
+    return [(a.name, _ELEM_TYPES.get(a.type, -1)) for a in args]
+
+
+class OrtPair:
+    """encoder.onnx + decoder.onnx of one model directory, validated against optimize.contract."""
+
+    def __init__(self, model_dir: str | Path, provider: str = "cpu", threads: int = 0):
+        enc_path, dec_path, _ = contract.model_paths(Path(model_dir))
+        self.provider = provider
+        self.encoder = _load(enc_path, provider, threads)
+        self.decoder = _load(dec_path, provider, threads)
+        contract.check_io(_io(self.encoder.get_inputs()), contract.ENCODER_INPUTS, "encoder inputs", str(enc_path))
+        contract.check_io(_io(self.encoder.get_outputs()), contract.ENCODER_OUTPUTS, "encoder outputs", str(enc_path))
+        contract.check_io(_io(self.decoder.get_inputs()), contract.DECODER_INPUTS, "decoder inputs", str(dec_path))
+        contract.check_io(_io(self.decoder.get_outputs()), contract.DECODER_OUTPUTS, "decoder outputs", str(dec_path))
+        self.info = self._model_info(str(enc_path))
+        self._check_cache_dims(str(dec_path))
+        overridable = {i.name for i in self.decoder.get_overridable_initializers()}
+        required = {i.name for i in self.decoder.get_inputs()}
+        self.has_cross_mask = contract.CROSS_MASK in overridable | required
+        # The published v1 graphs fix the batch dim at 1 (int); ours leave it symbolic (str).
+        self.max_encoder_rows = _fixed(self.encoder.get_inputs()[0].shape[0])
+        self.max_decoder_rows = _fixed(self.decoder.get_inputs()[0].shape[0])
+
+    @property
+    def fixed_cache_len(self) -> int | None:
+        """S when the decoder fixes the self-cache length (1024 in the published v1), else None."""
+        return self.info.fixed_cache_len
+
+    def _model_info(self, where: str) -> contract.ModelInfo:
+        meta = self.encoder.get_modelmeta().custom_metadata_map
+        fields = contract.parse_metadata(meta, where)
+        vocab = _fixed(self.decoder.get_outputs()[0].shape[2])
+        if "vocab_size" in meta:
+            vocab = int(meta["vocab_size"])
+        if vocab is None:
+            raise OptimizeError(f"{where}: vocabulary size unknown (no vocab_size metadata, dynamic logits dim)", "re-export the pair")
+        cache_len = _fixed(self.decoder.get_inputs()[1].shape[2])
+        return contract.ModelInfo(**fields, vocab_size=vocab, fixed_cache_len=cache_len)
+
+    def _check_cache_dims(self, where: str) -> None:
+        info = self.info
+        want = {0: info.num_decoder_layers, 3: info.num_head, 4: info.head_dim}
+        shape = self.decoder.get_inputs()[1].shape
+        bad = {axis: (shape[axis], n) for axis, n in want.items() if isinstance(shape[axis], int) and shape[axis] != n}
+        if len(shape) != 5 or bad:
+            raise OptimizeError(
+                f"{where}: self-cache shape {shape} disagrees with the encoder metadata (L, N, S, H, Dh) = "
+                f"({info.num_decoder_layers}, N, S, {info.num_head}, {info.head_dim})",
+                "use an encoder and decoder exported together",
+            )
+
+    def encode(self, x: np.ndarray, x_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the encoder.
+
+        x: shape = (N, T, 80), float32, CMVN-normalized fbank, zero-padded after x_len.
+        x_len: shape = (N,), int64, valid frames per row.
+        returns: (cross_k, cross_v), each shape = (L, N, T', D), float32.
+        """
+        cross_k, cross_v = self.encoder.run(_ENC_OUTPUTS, {_X: x, _X_LEN: x_len})
+        return cross_k, cross_v
+
+    def decoder_step(
+        self,
+        tokens: np.ndarray,
+        k_cache: np.ndarray,
+        v_cache: np.ndarray,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        offset: int,
+        cross_mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One decoder step for N rows at position `offset` (shared by all rows).
+
+        tokens: shape = (N, 1), int64, the previous token of each row.
+        k_cache, v_cache: shape = (L, N, S, H, Dh), float32; positions < offset are filled.
+        cross_k, cross_v: shape = (L, N, T', D), float32, from `encode`.
+        cross_mask: shape = (N, 1, 1, T'), float32, 0 valid / -inf padded; only for pairs with has_cross_mask.
+        returns: logits shape = (N, 1, V), float32, and the caches with position `offset` written.
+        """
+        feed = {
+            _TOKENS: tokens,
+            _K_CACHE: k_cache,
+            _V_CACHE: v_cache,
+            _CROSS_K: cross_k,
+            _CROSS_V: cross_v,
+            _OFFSET: np.array([offset], dtype=np.int64),
+        }
+        if cross_mask is not None:
+            if not self.has_cross_mask:
+                raise OptimizeError("this decoder has no cross_attn_mask input", "decode with batch_size 1")
+            feed[contract.CROSS_MASK] = cross_mask
+        logits, k_cache, v_cache = self.decoder.run(_DEC_OUTPUTS, feed)
+        return logits, k_cache, v_cache
+
+    def empty_cache(self, rows: int, length: int) -> np.ndarray:
+        """Zero self-cache, shape = (L, rows, length, H, Dh), float32."""
+        i = self.info
+        return np.zeros((i.num_decoder_layers, rows, length, i.num_head, i.head_dim), dtype=np.float32)
+
+
+def _fixed(dim) -> int | None:
+    """A static ONNX dim as int, None for a symbolic/unknown one."""
+    return dim if isinstance(dim, int) else None
