@@ -63,6 +63,34 @@ def export(
         typer.echo(f"wrote {path}")
 
 
+# ---- transcribe (issue: ORT recognizer) --------------------------------------------------
+
+
+@app.command()
+@_user_errors
+def transcribe(
+    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt"),
+    audio: List[Path] = typer.Argument(..., help="wav/flac/ogg files; other sample rates are resampled to 16 kHz"),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="beam width, 1 = greedy [default: DecodeConfig.beam_size]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="utterances per encoder/decoder run [default: DecodeConfig.batch_size]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads, 0 = ORT's choice [default: Recognizer]"),
+    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda [default: Recognizer]"),
+):
+    """Transcribe audio files with an ONNX pair; prints `path<TAB>text` per file."""
+    import dataclasses
+
+    from optimize.runtime.recognizer import Recognizer
+    from optimize.runtime.search import DecodeConfig
+
+    decode = dataclasses.replace(
+        DecodeConfig(), **{k: v for k, v in {"beam_size": beam_size, "batch_size": batch_size}.items() if v is not None}
+    )
+    session = {k: v for k, v in {"threads": threads, "provider": provider}.items() if v is not None}
+    recognizer = Recognizer(model_dir, decode=decode, **session)
+    for path, hyp in zip(audio, recognizer.transcribe(audio)):
+        typer.echo(f"{path}\t{hyp.text}")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

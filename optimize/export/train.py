@@ -1,0 +1,264 @@
+"""Train the embedded default: a small FireRedASR AED on the synthetic bilingual corpus.
+
+The standard recipe that makes small attention encoder-decoders converge on little
+data and CPU time: joint CTC-attention loss (the CTC head is dropped when saving),
+label smoothing, SpecAugment, warm-up then inverse-sqrt decay, length-bucketed
+batches with the shortest utterances first in the first epoch, and model selection
+on dev error rather than loss. Speed variety comes from espeak-ng's rate range at
+synthesis time. Resumable: `work/train/last.pt` holds model, optimizer and step.
+
+    python -m optimize.export.train --train work/corpus/train --dev work/corpus/dev \
+        --lang work/corpus/lang --out work/train --max-minutes 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from optimize.corpus.manifest import read_manifest
+from optimize.corpus.tokenizer import Tokenizer
+from optimize.export.checkpoint import read_dict, save_checkpoint
+from optimize.export.model import AedDims, FireRedAsrAed, encoder_lengths
+from optimize.runtime.audio import load_audio
+from optimize.runtime.features import apply_cmvn, cmvn_from_stats, cmvn_stats, fbank
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    d_model: int = 160  # small enough that model + eval set fit the 40 MB repo budget
+    n_head: int = 4
+    n_layers_enc: int = 4
+    n_layers_dec: int = 2
+    kernel_size: int = 15
+    dropout: float = 0.1
+    ctc_weight: float = 0.3  # joint CTC-attention: CTC aligns the encoder early
+    label_smoothing: float = 0.1
+    peak_lr: float = 2e-3
+    warmup_steps: int = 600
+    batch_frames: int = 12000  # padded fbank frames per batch
+    max_minutes: float = 80.0
+    seed: int = 1
+    threads: int = 2
+
+
+def _features(path: str) -> np.ndarray:
+    return fbank(load_audio(Path(path)))
+
+
+def load_split(manifest: Path, tokenizer: Tokenizer, cache: Path) -> tuple[list[np.ndarray], list[list[int]], list[dict]]:
+    """Raw fbank (T, 80) float32, token ids and manifest rows; fbank cached in one .npz."""
+    utts = read_manifest(manifest)
+    rows = [{"text": u.text, "lang": u.lang, **u.extra} for u in utts]
+    ids = [tokenizer.encode(u.text) for u in utts]
+    if cache.exists():
+        data = np.load(cache)
+        feats = np.split(data["feats"], np.cumsum(data["lengths"])[:-1])
+    else:
+        with ProcessPoolExecutor(2) as pool:
+            feats = list(pool.map(_features, [str(u.audio) for u in utts], chunksize=32))
+        lengths = np.array([len(f) for f in feats])
+        np.savez(cache, feats=np.concatenate(feats), lengths=lengths)
+    return feats, ids, rows
+
+
+def spec_augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Two frequency masks (<= 10 bins) and two time masks (<= 5% of length, <= 20 frames)."""
+    x = x.clone()
+    t = x.size(0)
+    for _ in range(2):
+        w = rng.integers(0, 11)
+        f0 = rng.integers(0, x.size(1) - w + 1)
+        x[:, f0 : f0 + w] = 0.0
+        w = rng.integers(0, max(1, min(20, int(0.05 * t))) + 1)
+        t0 = rng.integers(0, max(1, t - w + 1))
+        x[t0 : t0 + w, :] = 0.0
+    return x
+
+
+def make_batches(lengths: list[int], batch_frames: int, rng: np.random.Generator, sort_all: bool) -> list[list[int]]:
+    """Length-bucketed batches of at most `batch_frames` padded frames; shuffled unless sort_all."""
+    order = np.argsort(np.asarray(lengths) + (0 if sort_all else rng.uniform(0, 30, len(lengths))), kind="stable")
+    batches, cur, longest = [], [], 0
+    for i in order:
+        longest_new = max(longest, lengths[i])
+        if cur and longest_new * (len(cur) + 1) > batch_frames:
+            batches.append(cur)
+            cur, longest_new = [], lengths[i]
+        cur.append(int(i))
+        longest = longest_new
+    batches.append(cur)
+    if not sort_all:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(feats, ids, idx, sos, eos, pad, augment: np.random.Generator | None):
+    xs = [torch.from_numpy(feats[i]) for i in idx]
+    if augment is not None:
+        xs = [spec_augment(x, augment) for x in xs]
+    x_len = torch.tensor([len(x) for x in xs])
+    x = nn.utils.rnn.pad_sequence(xs, batch_first=True)
+    ys_in = nn.utils.rnn.pad_sequence([torch.tensor([sos] + ids[i]) for i in idx], batch_first=True, padding_value=pad)
+    ys_out = nn.utils.rnn.pad_sequence([torch.tensor(ids[i] + [eos]) for i in idx], batch_first=True, padding_value=-100)
+    targets = [torch.tensor(ids[i]) for i in idx]
+    return x, x_len, ys_in, ys_out, targets
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dims: AedDims):
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.dims = cfg, dims
+        self.model = FireRedAsrAed(dims)
+        self.ctc = nn.Linear(dims.d_model, dims.odim)  # training only; not part of the checkpoint
+        params = list(self.model.parameters()) + list(self.ctc.parameters())
+        self.opt = torch.optim.AdamW(params, lr=cfg.peak_lr, betas=(0.9, 0.98), weight_decay=1e-3)
+        self.step, self.epoch, self.best = 0, 0, float("inf")
+
+    def lr(self) -> float:
+        s = max(self.step, 1)
+        return self.cfg.peak_lr * min(s / self.cfg.warmup_steps, math.sqrt(self.cfg.warmup_steps / s))
+
+    def loss(self, x, x_len, ys_in, ys_out, targets):
+        logits, enc, _ = self.model(x, x_len, ys_in)
+        att = F.cross_entropy(logits.transpose(1, 2), ys_out, ignore_index=-100, label_smoothing=self.cfg.label_smoothing)
+        log_probs = F.log_softmax(self.ctc(enc), dim=-1).transpose(0, 1)
+        ctc = F.ctc_loss(log_probs, torch.cat(targets), encoder_lengths(x_len), torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True)
+        return (1 - self.cfg.ctc_weight) * att + self.cfg.ctc_weight * ctc, att.item(), ctc.item()
+
+    def train_step(self, batch) -> tuple[float, float]:
+        self.model.train()
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr()
+        loss, att, ctc = self.loss(*batch)
+        self.opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(list(self.model.parameters()) + list(self.ctc.parameters()), 5.0)
+        self.opt.step()
+        self.step += 1
+        return att, ctc
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "ctc": self.ctc.state_dict(), "opt": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "best": self.best}
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ctc.load_state_dict(state["ctc"])
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.epoch, self.best = state["step"], state["epoch"], state["best"]
+
+
+@torch.no_grad()
+def greedy_decode(model: FireRedAsrAed, x, x_len, max_len: int) -> list[list[int]]:
+    """Batched greedy decoding by full-prefix recomputation (dev scoring only)."""
+    model.eval()
+    enc, keep = model.encoder(x, x_len)
+    d = model.dims
+    ys = torch.full((x.size(0), 1), d.sos_id, dtype=torch.long)
+    done = torch.zeros(x.size(0), dtype=torch.bool)
+    for _ in range(max_len):
+        nxt = model.decoder(ys, enc, keep)[:, -1].argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, d.eos_id), nxt)
+        ys = torch.cat([ys, nxt[:, None]], 1)
+        done |= nxt == d.eos_id
+        if done.all():
+            break
+    return [[t for t in row[1:].tolist() if t != d.eos_id] for row in ys]
+
+
+def _edit_distance(a: list, b: list) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+        prev = cur
+    return prev[-1]
+
+
+def dev_error(model, feats, ids, batch_frames: int) -> float:
+    """Token error rate (%) of greedy decoding on the dev split."""
+    errors = total = 0
+    for idx in make_batches([len(f) for f in feats], batch_frames, np.random.default_rng(0), sort_all=True):
+        x, x_len, *_ = collate(feats, ids, idx, 3, 4, 2, None)
+        for i, hyp in zip(idx, greedy_decode(model, x, x_len, max(len(ids[i]) for i in idx) + 10)):
+            errors += _edit_distance(ids[i], hyp)
+            total += len(ids[i])
+    return 100.0 * errors / max(total, 1)
+
+
+def _normalize(feats: list[np.ndarray], mean, inv_std) -> list[np.ndarray]:
+    return [apply_cmvn(f, mean, inv_std) for f in feats]
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = TrainConfig(max_minutes=args.max_minutes, seed=args.seed)
+    torch.set_num_threads(cfg.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lang = Path(args.lang)
+    tokenizer = Tokenizer(lang / "dict.txt", lang / "train_bpe.model")
+    tokens = read_dict(lang / "dict.txt")
+    train_raw, train_ids, _ = load_split(Path(args.train), tokenizer, out / "train_feats.npz")
+    dev_raw, dev_ids, _ = load_split(Path(args.dev), tokenizer, out / "dev_feats.npz")
+    stats = cmvn_stats(train_raw)
+    mean, inv_std = cmvn_from_stats(stats)
+    train, dev = _normalize(train_raw, mean, inv_std), _normalize(dev_raw, mean, inv_std)
+    dims = AedDims(
+        odim=len(tokens), d_model=cfg.d_model, n_head=cfg.n_head, n_layers_enc=cfg.n_layers_enc,
+        n_layers_dec=cfg.n_layers_dec, kernel_size=cfg.kernel_size, residual_dropout=cfg.dropout, dropout_rate=cfg.dropout,
+    )  # fmt: skip
+    trainer = Trainer(cfg, dims)
+    if (out / "last.pt").exists():
+        trainer.load(torch.load(out / "last.pt", weights_only=False))
+        print(f"resumed at step {trainer.step}, epoch {trainer.epoch}, best dev {trainer.best:.2f}", flush=True)
+    start = time.time()
+    log = open(out / "train.log", "a")
+    lengths = [len(f) for f in train]
+    while (time.time() - start) / 60 < cfg.max_minutes:
+        rng = np.random.default_rng(cfg.seed + trainer.epoch)
+        batches = make_batches(lengths, cfg.batch_frames, rng, sort_all=trainer.epoch == 0)
+        for bi, idx in enumerate(batches):
+            att, ctc = trainer.train_step(collate(train, train_ids, idx, dims.sos_id, dims.eos_id, dims.pad_id, rng))
+            if trainer.step % 50 == 0:
+                print(f"epoch {trainer.epoch} step {trainer.step} lr {trainer.lr():.2e} att {att:.3f} ctc {ctc:.3f} {(time.time() - start) / 60:.1f} min", flush=True)
+            if (time.time() - start) / 60 >= cfg.max_minutes:
+                break
+        else:
+            trainer.epoch += 1
+        err = dev_error(trainer.model, dev, dev_ids, cfg.batch_frames)
+        record = {"epoch": trainer.epoch, "step": trainer.step, "dev_token_error": round(err, 2), "minutes": round((time.time() - start) / 60, 1)}
+        print(json.dumps(record), flush=True)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if err < trainer.best:
+            trainer.best = err
+            save_checkpoint(out / "best", trainer.model, stats, tokens)
+        torch.save(trainer.state(), out / "last.pt.tmp")
+        os.replace(out / "last.pt.tmp", out / "last.pt")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train", required=True, help="training manifest (jsonl or its directory)")
+    p.add_argument("--dev", required=True, help="dev manifest")
+    p.add_argument("--lang", required=True, help="directory with dict.txt and train_bpe.model")
+    p.add_argument("--out", required=True, help="work directory: feature caches, last.pt, best/ (official checkpoint)")
+    p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    run(p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
