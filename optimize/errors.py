@@ -5,7 +5,7 @@ class OptimizeError(Exception):
     """A problem the user can fix: `message` says what is wrong, `fix` what to do about it."""
 
     def __init__(self, message: str, fix: str = ""):
-        super().__init__(message)
+        super().__init__(message, fix)  # both args, so the error survives pickling across processes
         self.message = message
         self.fix = fix
 

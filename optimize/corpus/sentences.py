@@ -385,12 +385,12 @@ def _literal_text(templates: Sequence[str], lists: dict[str, tuple[str, ...]]) -
 
 def zh_inventory() -> set[str]:
     """Every Chinese character any Mandarin sentence can contain."""
-    text = _literal_text(ZH_TEMPLATES, _ZH_LISTS) + _ZH_DIGITS + "十百两点半刻分月号日"
+    text = _literal_text(ZH_TEMPLATES, _ZH_LISTS) + " " + _ZH_DIGITS + "十百两点半刻分月号日"
     return {c for c in text if "\u4e00" <= c <= "\u9fff"}
 
 
 def en_inventory() -> set[str]:
     """Every English word any English sentence can contain."""
-    text = _literal_text(EN_TEMPLATES, _EN_LISTS) + " ".join(_ONES + _TENS[2:] + _ORD_ONES[1:])
+    text = _literal_text(EN_TEMPLATES, _EN_LISTS) + " " + " ".join(_ONES + _TENS[2:] + _ORD_ONES[1:])
     extra = "HUNDRED THOUSAND HALF PAST QUARTER TO OH ON OFF TWENTIETH THIRTIETH"
     return set((text + " " + extra).split())

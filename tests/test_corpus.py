@@ -1,0 +1,275 @@
+"""Synthetic corpus: sentence generators, espeak-ng synthesis, split writing/verification, manifest reading."""
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from optimize.corpus import sentences, synth
+from optimize.corpus.dataset import SplitConfig, read_config, verify, write_split
+from optimize.corpus.manifest import Utterance, read_manifest
+from optimize.errors import OptimizeError
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_DIR = REPO / "calibration" / "eval"
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+# ---- sentences -----------------------------------------------------------------------------------
+
+
+def test_numbers_in_words():
+    assert sentences.spell_en(0) == "ZERO"
+    assert sentences.spell_en(305) == "THREE HUNDRED FIVE"
+    assert sentences.spell_en(2024) == "TWO THOUSAND TWENTY FOUR"
+    assert sentences.ordinal_en(12) == "TWELFTH"
+    assert sentences.ordinal_en(21) == "TWENTY FIRST"
+    assert sentences.ordinal_en(30) == "THIRTIETH"
+    assert sentences.spell_zh(10) == "十"
+    assert sentences.spell_zh(15) == "十五"
+    assert sentences.spell_zh(40) == "四十"
+    assert sentences.spell_zh(105) == "一百零五"
+    assert sentences.spell_zh(115) == "一百一十五"
+    assert sentences.spell_zh(999) == "九百九十九"
+
+
+def test_sentences_are_seeded_and_well_formed():
+    first = [sentences.sentence(np.random.default_rng(3), lang) for lang in ("en", "zh")]
+    assert first == [sentences.sentence(np.random.default_rng(3), lang) for lang in ("en", "zh")]
+    rng = np.random.default_rng(0)
+    english = [sentences.english(rng) for _ in range(500)]
+    mandarin = [sentences.mandarin(rng) for _ in range(500)]
+    assert all(re.fullmatch(r"[A-Z]+( [A-Z]+){2,11}", t) for t in english)
+    assert all(re.fullmatch(r"[\u4e00-\u9fff]{4,16}", t) for t in mandarin)
+    assert {w for t in english for w in t.split()} <= sentences.en_inventory()
+    assert {c for t in mandarin for c in t} <= sentences.zh_inventory()
+    assert len(set(english)) > 400 and len(set(mandarin)) > 350
+
+
+def test_vocabulary_size():
+    assert len(sentences.en_inventory()) >= 300
+    assert len(sentences.zh_inventory()) >= 300
+
+
+@needs_espeak
+def test_espeak_reads_every_character_as_mandarin():
+    chars = sorted(sentences.zh_inventory())
+    out = subprocess.run(["espeak-ng", "-q", "-x", "-v", synth.ZH_VOICE, " ".join(chars)],
+                         capture_output=True, text=True, check=True).stdout
+    # One syllable per character, each with a Mandarin tone number; "(en)" would mean a switch to English.
+    syllables = [s.strip() for s in out.split("_|") if s.strip()]
+    assert "(en)" not in out
+    assert len(syllables) == len(chars)
+    assert all(re.search(r"[1-5]{2}", s) for s in syllables)
+
+
+# ---- synthesis plans -----------------------------------------------------------------------------
+
+
+def test_held_out_conditions_stay_out_of_training_splits():
+    heldout_voices = set(synth.HELDOUT_EN_VOICES)
+    heldout_variants = set(synth.HELDOUT_VARIANTS)
+    for split in ("train", "dev", "calib"):
+        for index in range(300):
+            plan, _ = synth.plan_utterance(split, 1, index)
+            base, _, variant = plan.voice.partition("+")
+            assert plan.condition == "seen"
+            assert base not in heldout_voices and variant not in heldout_variants
+            assert plan.noise in synth.NOISES
+    plans = [synth.plan_utterance("eval", 1, i)[0] for i in range(400)]
+    unseen_voice = [p for p in plans if p.condition == "unseen_voice"]
+    assert {p.voice.partition("+")[2] for p in unseen_voice} <= heldout_variants
+    assert any(p.voice.startswith(synth.HELDOUT_EN_VOICES[0]) for p in unseen_voice)
+    assert {p.noise for p in plans if p.condition == "unseen_noise"} == set(synth.HELDOUT_NOISES)
+    assert {p.lang for p in plans} == {"zh", "en"}
+
+
+def test_unknown_split_is_an_error():
+    with pytest.raises(OptimizeError, match="unknown split"):
+        synth.plan_utterance("test", 1, 0)
+    with pytest.raises(OptimizeError, match="unknown audio format"):
+        SplitConfig("dev", 1, 3, "mp3")
+
+
+def test_noise_is_seeded_with_unit_rms():
+    for kind in ("white", "pink", "brown"):
+        x = synth.noise(kind, 16000, seed=5)
+        assert np.array_equal(x, synth.noise(kind, 16000, seed=5))
+        assert abs(np.sqrt(np.mean(x**2)) - 1.0) < 1e-9
+    # Share of the power below 500 Hz: 1/16 for white noise, most of it for pink, nearly all for brown.
+    power = {k: np.abs(np.fft.rfft(synth.noise(k, 32000, 1))) ** 2 for k in ("white", "pink", "brown")}
+    low = {k: p[:1000].sum() / p.sum() for k, p in power.items()}
+    assert low["white"] < 0.1 and 0.5 < low["pink"] < 0.9 and low["brown"] > 0.95
+
+
+@needs_espeak
+def test_synthesis_is_deterministic():
+    a = synth.synthesize("eval", 11, 3)
+    b = synth.synthesize("eval", 11, 3)
+    assert a.pcm.dtype == np.int16 and a.pcm.ndim == 1
+    assert np.array_equal(a.pcm, b.pcm) and a.text == b.text and a.sha256 == b.sha256
+    assert 1.0 <= a.duration <= 4.5
+
+
+# ---- writing and verifying splits ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_split(tmp_path_factory) -> Path:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    out = tmp_path_factory.mktemp("corpus") / "dev"
+    return write_split(SplitConfig("dev", 5, 6, "flac"), out, jobs=1)
+
+
+def test_write_split_layout(small_split):
+    rows = [json.loads(line) for line in (small_split / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and not small_split.with_name("dev.tmp").exists()
+    for row in rows:
+        assert {"audio", "text", "lang", "duration", "voice", "noise", "snr_db", "sha256"} <= set(row)
+        pcm, rate = soundfile.read(small_split / row["audio"], dtype="int16")
+        assert rate == 16000 and round(len(pcm) / 16000, 3) == row["duration"]
+        assert hashlib.sha256(pcm.astype("<i2").tobytes()).hexdigest() == row["sha256"]  # FLAC is lossless
+    assert read_config(small_split)[0] == SplitConfig("dev", 5, 6, "flac")
+
+
+def test_write_split_refuses_to_overwrite(small_split):
+    with pytest.raises(OptimizeError, match="already exists"):
+        write_split(SplitConfig("dev", 5, 6, "flac"), small_split)
+
+
+def test_verify_detects_changes(small_split, tmp_path):
+    assert verify(small_split) == []
+    copy = tmp_path / "dev"
+    shutil.copytree(small_split, copy)
+    lines = (copy / "manifest.jsonl").read_text().splitlines()
+    lines[2] = lines[2].replace('"sha256": "', '"sha256": "0')
+    (copy / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    problems = verify(copy)
+    assert len(problems) == 1 and problems[0].startswith("line 3:")
+
+
+def test_ogg_split_is_readable(tmp_path):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    out = write_split(SplitConfig("calib", 5, 2, "ogg"), tmp_path / "calib")
+    for utt in read_manifest(out):
+        pcm, rate = soundfile.read(utt.audio, dtype="int16")
+        assert rate == 16000 and abs(len(pcm) / rate - utt.duration) < 1e-3
+
+
+def test_committed_eval_set_regenerates():
+    """The first utterances of calibration/eval regenerate bit-exactly from their recorded seed."""
+    if not (EVAL_DIR / "corpus.json").is_file():
+        pytest.skip("calibration/eval is not generated yet")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    recorded = json.loads((EVAL_DIR / "corpus.json").read_text())["espeak_ng"]
+    if recorded != synth.espeak_version():
+        pytest.skip(f"eval set was made with {recorded}, this machine has {synth.espeak_version()}")
+    assert verify(EVAL_DIR, count=5) == []
+
+
+def test_committed_sets_are_large_enough():
+    if not (EVAL_DIR / "manifest.jsonl").is_file():
+        pytest.skip("calibration/eval is not generated yet")
+    utts = read_manifest(EVAL_DIR)
+    assert len(utts) >= 300 and sum(u.duration for u in utts) >= 15 * 60
+    assert {u.extra["condition"] for u in utts} == {"seen", "unseen_voice", "unseen_noise"}
+    assert len(read_manifest(REPO / "calibration" / "calib")) >= 32
+
+
+# ---- manifest reading ----------------------------------------------------------------------------
+
+
+def _wav(path: Path, seconds: float = 0.5) -> Path:
+    soundfile.write(path, np.zeros(int(16000 * seconds), dtype=np.int16), 16000)
+    return path
+
+
+def _row(audio="a.wav", **overrides) -> str:
+    row = {"audio": audio, "text": "HELLO", "lang": "en", "duration": 0.5, "sha256": "x"} | overrides
+    return json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False)
+
+
+def test_read_jsonl_file_and_directory(tmp_path):
+    _wav(tmp_path / "a.wav")
+    (tmp_path / "manifest.jsonl").write_text(_row() + "\n\n" + _row(text="你好", lang="zh") + "\n")
+    utts = read_manifest(tmp_path / "manifest.jsonl")
+    assert read_manifest(tmp_path) == utts
+    assert utts[0] == Utterance((tmp_path / "a.wav").resolve(), "HELLO", "en", 0.5)
+    assert utts[0].audio.is_absolute() and utts[0].extra == {"sha256": "x"}
+    assert utts[1].lang == "zh"
+
+
+def test_read_kaldi_directory(tmp_path):
+    _wav(tmp_path / "a.wav", 0.5)
+    _wav(tmp_path / "b.wav", 1.25)
+    (tmp_path / "wav.scp").write_text(f"u1 a.wav\nu2 {tmp_path / 'b.wav'}\n")
+    (tmp_path / "text").write_text("u1 HELLO THERE\nu2 明天 见\n")
+    utts = read_manifest(tmp_path)
+    assert [(u.text, u.lang, u.duration, u.extra["id"]) for u in utts] == [
+        ("HELLO THERE", "en", 0.5, "u1"), ("明天 见", "zh", 1.25, "u2")]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (_row() + "\n{oops\n", r"manifest.jsonl:2: not valid JSON"),
+        ("[1, 2]\n", r"manifest.jsonl:1: expected a JSON object"),
+        (_row(text=None, duration=None) + "\n", r"manifest.jsonl:1: missing key\(s\) text, duration"),
+        (_row(lang="fr") + "\n", r"manifest.jsonl:1: lang is 'fr'"),
+        (_row(duration="long") + "\n", r"manifest.jsonl:1: duration is 'long'"),
+        (_row(audio="missing.wav") + "\n", r"manifest.jsonl:1: audio file .*missing.wav does not exist"),
+        ("\n", r"is empty"),
+    ],
+)
+def test_bad_manifest_lines(tmp_path, content, message):
+    _wav(tmp_path / "a.wav")
+    (tmp_path / "manifest.jsonl").write_text(content)
+    with pytest.raises(OptimizeError, match=message) as info:
+        read_manifest(tmp_path / "manifest.jsonl")
+    assert info.value.fix and "\n" not in str(info.value)
+
+
+def test_bad_paths_and_kaldi_directories(tmp_path):
+    with pytest.raises(OptimizeError, match="does not exist"):
+        read_manifest(tmp_path / "nope.jsonl")
+    with pytest.raises(OptimizeError, match="neither manifest.jsonl nor wav.scp"):
+        read_manifest(tmp_path)
+    _wav(tmp_path / "a.wav")
+    (tmp_path / "wav.scp").write_text("u1 a.wav\nu2 a.wav\n")
+    (tmp_path / "text").write_text("u1 HELLO\n")
+    with pytest.raises(OptimizeError, match="lacks 1 id"):
+        read_manifest(tmp_path)
+    (tmp_path / "wav.scp").write_text("u1 sox a.flac -t wav - |\n")
+    with pytest.raises(OptimizeError, match="pipe command"):
+        read_manifest(tmp_path)
+    (tmp_path / "wav.scp").write_text("u1 gone.wav\n")
+    with pytest.raises(OptimizeError, match="gone.wav does not exist"):
+        read_manifest(tmp_path)
+
+
+def test_readme_commands_match_the_committed_sets():
+    """calibration/README.md states the exact commands; their arguments must be what corpus.json records."""
+    readme = (REPO / "calibration" / "README.md").read_text()
+    commands = re.findall(r"^python -m optimize\.corpus synth (.*)$", readme, flags=re.M)
+    checked = 0
+    for command in commands:
+        args = dict(re.findall(r"--(\w+) (\S+)", command))
+        corpus_json = REPO / args["out"] / "corpus.json"
+        if args["out"].startswith("calibration/") and corpus_json.is_file():
+            info = json.loads(corpus_json.read_text())
+            assert (info["split"], info["count"], info["seed"], info["format"]) == (
+                args["split"], int(args["count"]), int(args["seed"]), args.get("format", "flac"))
+            checked += 1
+    if checked == 0:
+        pytest.skip("calibration sets are not generated yet")
+    assert checked == 2
