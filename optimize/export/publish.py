@@ -1,0 +1,77 @@
+"""Publish a trained checkpoint as the embedded default in `artifacts/`.
+
+    python -m optimize.export.publish work/train/best artifacts/firered-aed-tiny \
+        --lang work/corpus/lang --train-log work/train/train.log
+
+Writes `checkpoint/` (official format; weights stored as float16 to fit the 40 MB
+repository budget, and the ONNX pair is exported from exactly these values), the
+`optimize export` pair beside it, and `manifest.json` with the sha256 and size of
+every file and how it was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from optimize.export.checkpoint import load_checkpoint, save_checkpoint
+from optimize.export.exporter import export_checkpoint
+
+HOW = (
+    "python -m optimize.corpus synth (train seed 1, 12000 utts; dev seed 2, 200 utts); "
+    "python -m optimize.corpus tokenizer; python -m optimize.export.train; "
+    "python -m optimize.export.publish; see calibration/README.md and artifacts/README.md"
+)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def publish(ckpt_dir: Path, out_dir: Path, lang_dir: Path | None, train_log: Path | None) -> Path:
+    ckpt = load_checkpoint(ckpt_dir)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
+        stage = Path(tmp) / out_dir.name
+        save_checkpoint(stage / "checkpoint", ckpt.model, ckpt.cmvn_stats, ckpt.tokens, dtype=torch.float16)
+        if lang_dir is not None:
+            shutil.copy(lang_dir / "train_bpe.model", stage / "checkpoint" / "train_bpe.model")
+        export_checkpoint(stage / "checkpoint", stage)
+        files = sorted(p for p in stage.rglob("*") if p.is_file())
+        manifest = {
+            "model": "firered-aed-tiny",
+            "architecture": "FireRedASR AED (conformer encoder + transformer decoder)",
+            "dims": {k: v for k, v in ckpt.dims.__dict__.items()},
+            "parameters": sum(p.numel() for p in ckpt.model.parameters()),
+            "how": HOW,
+            "training_log": [json.loads(line) for line in train_log.read_text().splitlines()] if train_log else [],
+            "files": {str(p.relative_to(stage)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files},
+        }
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        stage.rename(out_dir)
+    return out_dir
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ckpt_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--lang", type=Path, default=None, help="directory with train_bpe.model to ship beside dict.txt")
+    p.add_argument("--train-log", type=Path, default=None, help="train.log (dev error per evaluation) to record")
+    a = p.parse_args()
+    print(publish(a.ckpt_dir, a.out_dir, a.lang, a.train_log))
+
+
+if __name__ == "__main__":
+    main()
