@@ -91,6 +91,98 @@ def transcribe(
         typer.echo(f"{path}\t{hyp.text}")
 
 
+# ---- run, eval (issue: the staged pipeline) ---------------------------------------------
+
+
+def _log(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _bar(desc: str, total: int):
+    """The one progress reporter: tqdm on stderr, silent when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, disable=None)
+
+
+def _quiet_onnxruntime() -> None:
+    # ORT warns on every session that cross_attn_mask is an initializer listed as an
+    # input; that is the contract (an overridable initializer), not a problem.
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+
+
+def _replace(obj, **overrides):
+    """dataclasses.replace with only the options the user gave (CLI defaults are None)."""
+    import dataclasses
+
+    return dataclasses.replace(obj, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+@_user_errors
+def run(
+    recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/cpu_int8.yaml"),
+    model: Optional[Path] = typer.Option(None, "--model", help="input pair directory [default: the recipe's model]"),
+    data: Optional[Path] = typer.Option(None, "--data", help="eval manifest [default: the recipe's data]"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory [default: the recipe's output, runs/<recipe>]"),
+    provider: Optional[str] = typer.Option(None, "--provider", help="run the checks on cpu or cuda instead of the recipe's provider (RTF then not representative)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [default: the recipe's threads]"),
+    force: bool = typer.Option(False, "--force", help="redo cached stages and evaluations"),
+):
+    """Run a recipe: baseline -> stages, checks and gates after each; publishes <output>/final on success."""
+    from optimize import pipeline, report
+    from optimize.recipe import load_recipe
+
+    _quiet_onnxruntime()
+    cfg = _replace(load_recipe(recipe), model=model, data=data, output=output, threads=threads)
+    result = pipeline.run(cfg, pipeline.Options(provider=provider, force=force), log=_log, progress=_bar)
+    widths = [max(len(c), *(len(r[i]) for r in report.table_rows(result))) for i, c in enumerate(report.COLUMNS)]
+    for cells in [list(report.COLUMNS), *report.table_rows(result)]:
+        typer.echo("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    if not result["rtf_representative"]:
+        typer.echo(f"RTF not representative: recipe targets {result['target_provider']}, ran on {result['provider']}")
+    typer.echo(f"published {result['final']}; report {Path(cfg.output) / report.MARKDOWN}")
+
+
+@app.command("eval")
+@_user_errors
+def eval_(
+    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt"),
+    data: Optional[Path] = typer.Option(None, "--data", help="eval manifest [default: the recipe's data]"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write every metric to this JSON file"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="take provider, threads, decode and evaluation settings from this recipe"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="fp32 pair to compare against: parity, token agreement, deltas"),
+    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda [default: the recipe's provider]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [default: the recipe's threads]"),
+):
+    """Run the pipeline's evaluation on any pair: load, contract, parity, error rate, RTF, ops, size."""
+    import json
+
+    from optimize import pipeline
+    from optimize.evaluate.suite import EvalSettings
+    from optimize.recipe import default, load_recipe
+
+    _quiet_onnxruntime()
+    src = load_recipe(recipe) if recipe else None
+    pick = lambda name: getattr(src, name) if src else default(name)  # noqa: E731
+    settings = _replace(EvalSettings(pick("provider"), pick("threads"), pick("decode"), pick("evaluation")), provider=provider, threads=threads)
+    result = pipeline.evaluate_pair(model_dir, data or pick("data"), settings, reference, progress=_bar)
+    m = result["metrics"]
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2, default=str))
+    if m["failures"]:
+        raise OptimizeError(f"{model_dir} failed {m['failures'][0]}", "see the checks in `optimize eval --help`")
+    rtf = m["rtf"]
+    rates = ", ".join(f"{k} {v:.2f}%" for k, v in (m.get("error_rates") or {}).items()) or "n/a (parity_only)"
+    typer.echo(f"error rate: {rates}")
+    if "token_agreement" in m:
+        typer.echo(f"vs reference: token agreement {m['token_agreement']:.3f}, error rate delta {result.get('delta_error_rate')}, speedup {result['speedup']:.2f}x")
+    typer.echo(f"RTF {rtf['rtf']:.4f} (p50 {rtf['p50']:.4f}, p90 {rtf['p90']:.4f}) over {rtf['items']} items: {rtf['timed']}")
+    typer.echo(f"size {m['size_mb']:.2f} MB; ops {m['op_stats']}")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

@@ -42,6 +42,8 @@ def _session_options(threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads  # 0 = ORT's default (one per physical core)
+    # Errors only: ORT warns on every load that cross_attn_mask is an overridable initializer, by design.
+    opts.log_severity_level = 3
     return opts
 
 

@@ -1,0 +1,158 @@
+"""The optimization stages and what they share.
+
+A stage is one module with a frozen `<Name>Config` (aliased `Config`) and
+`run(src, dst, cfg) -> StageOutput`, where `src` and `dst` are model directories
+(encoder.onnx, decoder.onnx, tokens.txt). STAGES maps the recipe word to the module
+path; modules are imported only when used, so `optimize run` never pulls in what a
+recipe does not name. The runner (pipeline.py) knows nothing stage-specific.
+
+`transform_pair` is the one shared body: it applies a per-graph transform to the
+encoder and the decoder, re-attaches the metadata the tools drop or extend, verifies
+the contract byte-for-byte and publishes `dst` atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import onnx
+
+from optimize import graph
+from optimize.contract import (
+    DECODER_FILE,
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_FILE,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    TOKENS_FILE,
+    check_io,
+    model_paths,
+    parse_metadata,
+)
+from optimize.errors import OptimizeError
+
+STAGES = {
+    "simplify": "optimize.stages.simplify",
+    "fuse": "optimize.stages.fuse",
+    "fp16": "optimize.stages.fp16",
+    "int8": "optimize.stages.int8",
+}
+
+GRAPHS = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a stage changed, per graph ("encoder", "decoder")."""
+
+    ops_before: dict[str, dict[str, int]]  # op type -> count, before the stage
+    ops_after: dict[str, dict[str, int]]  # op type -> count, after the stage
+    notes: tuple[str, ...] = ()  # facts a reader of the report needs, e.g. "no fusion pass applied"
+    details: dict = field(default_factory=dict)  # stage-specific record (resolved options, excluded nodes)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_stage(name: str) -> ModuleType:
+    """Import the module of a stage named in a recipe."""
+    if name not in STAGES:
+        raise OptimizeError(f"unknown stage {name!r}", f"use one of {', '.join(STAGES)}")
+    return importlib.import_module(STAGES[name])
+
+
+def config_class(name: str) -> type:
+    """The frozen config dataclass of a stage."""
+    return load_stage(name).Config
+
+
+# A per-graph transform: (input .onnx path, output .onnx path, role "encoder"|"decoder").
+# It writes the output file (and its external data) and may return notes.
+GraphTransform = Callable[[Path, Path, str], "list[str] | None"]
+
+
+def transform_pair(src: Path, dst: Path, stage: str, transform: GraphTransform) -> tuple[dict, dict, tuple[str, ...]]:
+    """Apply `transform` to both graphs of `src`, verify, and publish them in `dst`.
+
+    Returns (ops_before, ops_after, notes). `dst` appears only complete: the graphs are
+    written to `<dst>.tmp/` and renamed into place, and `src` is only read.
+    """
+    src, dst = Path(src), Path(dst)
+    _, _, tokens = model_paths(src)
+    check_input(src)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    before, after, notes = {}, {}, []
+    try:
+        for role, fname in GRAPHS.items():
+            reference = graph.load(src / fname, load_external=False)
+            before[role] = graph.op_counts(reference)
+            notes += transform(src / fname, tmp / fname, role) or []
+            after[role] = restore_contract(reference, tmp / fname, f"{stage} ({role})")
+        shutil.copyfile(tokens, tmp / TOKENS_FILE)
+        publish(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return before, after, tuple(notes)
+
+
+def check_input(src: Path) -> None:
+    """Refuse a pair outside the contract before transforming it (I/O names and types, metadata)."""
+    for role, fname in GRAPHS.items():
+        model = graph.load(src / fname, load_external=False)
+        inputs, outputs = graph.io_signature(model)
+        io = (ENCODER_INPUTS, ENCODER_OUTPUTS) if role == "encoder" else (DECODER_INPUTS, DECODER_OUTPUTS)
+        check_io(inputs, io[0], f"{role} inputs", str(src / fname))
+        check_io(outputs, io[1], f"{role} outputs", str(src / fname))
+        if role == "encoder":
+            parse_metadata(dict(graph.metadata(model)), str(src / fname))
+
+
+def restore_contract(reference: onnx.ModelProto, out: Path, where: str) -> dict[str, int]:
+    """Re-attach `reference`'s metadata to `out`, verify its I/O, return its op counts.
+
+    The output is read without its external data: rewriting only the .onnx keeps the
+    tensors where they are, so this costs nothing for a multi-GB graph.
+    """
+    model = graph.load(out, load_external=False)
+    want = graph.metadata(reference)
+    if graph.metadata(model) != want:
+        graph.set_metadata(model, want)
+        onnx.save_model(model, str(out))
+    verify_contract(reference, model, where)
+    return graph.op_counts(model)
+
+
+def verify_contract(reference: onnx.ModelProto, model: onnx.ModelProto, where: str) -> None:
+    """Raise OptimizeError unless `model` keeps `reference`'s I/O, metadata and overridable initializers."""
+    got, want = graph.io_signature(model), graph.io_signature(reference)
+    if got != want:
+        raise OptimizeError(
+            f"{where} changed the graph I/O from {want} to {got}",
+            "the stage must keep names, order and float32/int64 types at the boundary",
+        )
+    if graph.metadata(model) != graph.metadata(reference):
+        raise OptimizeError(f"{where} changed metadata_props", "the stage must keep the encoder metadata byte-for-byte")
+    lost = set(graph.overridable_initializers(reference)) - set(graph.overridable_initializers(model))
+    if lost:
+        raise OptimizeError(
+            f"{where} turned overridable initializer(s) {sorted(lost)} into required inputs or constants",
+            "keep inputs backed by an initializer (cross_attn_mask) overridable",
+        )
+
+
+def publish(tmp: Path, dst: Path) -> None:
+    """Replace `dst` with the finished directory `tmp` (rename, so never half-written)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, dst)
