@@ -71,10 +71,10 @@ def export(
 def transcribe(
     model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt"),
     audio: List[Path] = typer.Argument(..., help="wav/flac/ogg files; other sample rates are resampled to 16 kHz"),
-    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="beam width, 1 = greedy [default: DecodeConfig.beam_size]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="utterances per encoder/decoder run [default: DecodeConfig.batch_size]"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads, 0 = ORT's choice [default: Recognizer]"),
-    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda [default: Recognizer]"),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="beam width, 1 = greedy (default: DecodeConfig.beam_size)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="utterances per encoder/decoder run (default: DecodeConfig.batch_size)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads, 0 = ORT's choice (default: Recognizer)"),
+    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda (default: Recognizer)"),
 ):
     """Transcribe audio files with an ONNX pair; prints `path<TAB>text` per file."""
     import dataclasses

@@ -1,0 +1,164 @@
+"""Speech recognition with an ONNX pair: audio -> fbank + CMVN -> encoder -> search -> text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from optimize import contract
+from optimize.errors import OptimizeError
+from optimize.runtime.audio import MAX_FRAMES, check_length, load_audio
+from optimize.runtime.features import NUM_MEL_BINS, apply_cmvn, fbank
+from optimize.runtime.search import DecodeConfig, search
+from optimize.runtime.session import OrtPair
+from optimize.runtime.tokens import TokenTable
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: tuple[int, ...]  # token ids without sos/eos
+    text: str  # detokenized as FireRedASR does
+
+
+class OrtInference:
+    """The search's Inference protocol over an OrtPair, bound to one encoded batch.
+
+    cross_k, cross_v: shape = (L, N, T', D), float32, from OrtPair.encode.
+    cross_mask: shape = (N, 1, 1, T'), float32 additive mask, or None when all rows are valid.
+    cache_len: self-cache length S (the fixed dim of a v1 pair, else max steps + 1).
+    """
+
+    def __init__(self, pair: OrtPair, cross_k: np.ndarray, cross_v: np.ndarray, cross_mask: np.ndarray | None, cache_len: int):
+        self.pair = pair
+        self._enc = (cross_k, cross_v, cross_mask)
+        self.cache_len = cache_len
+
+    def start(self, beam: int) -> None:
+        # Row n * beam + b holds beam b of utterance n, as torch's repeat(1, B, 1, 1).view(N * B, ...).
+        cross_k, cross_v, mask = self._enc
+        self._cross_k = np.repeat(cross_k, beam, axis=1) if beam > 1 else cross_k
+        self._cross_v = np.repeat(cross_v, beam, axis=1) if beam > 1 else cross_v
+        self._mask = None if mask is None else np.repeat(mask, beam, axis=0)
+        rows = self._cross_k.shape[1]
+        self._k = self.pair.empty_cache(rows, self.cache_len)
+        self._v = self.pair.empty_cache(rows, self.cache_len)
+        self._filled = 0
+
+    def step(self, tokens: np.ndarray, offset: int) -> np.ndarray:
+        """tokens: shape = (rows,), int64 -> logits, shape = (rows, V), float32."""
+        if self.pair.max_decoder_rows is not None and len(tokens) > self.pair.max_decoder_rows:
+            logits = self._step_rows_singly(tokens, offset)
+        else:
+            logits, self._k, self._v = self.pair.decoder_step(
+                tokens.reshape(-1, 1), self._k, self._v, self._cross_k, self._cross_v, offset, self._mask
+            )
+        self._filled = offset + 1
+        return logits[:, 0, :]
+
+    def _step_rows_singly(self, tokens: np.ndarray, offset: int) -> np.ndarray:
+        # Published v1 decoders fix the batch dim at 1: run beam rows one by one.
+        outs = [
+            self.pair.decoder_step(
+                tokens[r : r + 1].reshape(1, 1),
+                self._k[:, r : r + 1],
+                self._v[:, r : r + 1],
+                self._cross_k[:, r : r + 1],
+                self._cross_v[:, r : r + 1],
+                offset,
+                None if self._mask is None else self._mask[r : r + 1],
+            )
+            for r in range(len(tokens))
+        ]
+        self._k = np.concatenate([o[1] for o in outs], axis=1)
+        self._v = np.concatenate([o[2] for o in outs], axis=1)
+        return np.concatenate([o[0] for o in outs], axis=0)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        if np.array_equal(rows, np.arange(len(rows))):
+            return
+        # Only positions < _filled are ever read, so copy just that prefix (the rest may be S long).
+        n = self._filled
+        self._k[:, :, :n] = self._k[:, rows, :n]
+        self._v[:, :, :n] = self._v[:, rows, :n]
+
+
+def cross_attention_mask(frames: np.ndarray, enc_len: int) -> np.ndarray:
+    """Additive mask for the decoder's cross attention.
+
+    frames: shape = (N,), int64, fbank frames per row. Row n keeps the first
+    (frames + 3) // 4 encoder positions, the rule the official encoder's mask follows.
+    returns: shape = (N, 1, 1, enc_len), float32, 0 valid / -inf padded.
+    """
+    valid = (frames + 3) // 4
+    keep = np.arange(enc_len)[None, :] < valid[:, None]
+    return np.where(keep, 0.0, -np.inf).astype(np.float32).reshape(len(frames), 1, 1, enc_len)
+
+
+class Recognizer:
+    """Transcribe with an exported pair (encoder.onnx, decoder.onnx, tokens.txt in model_dir)."""
+
+    def __init__(self, model_dir: str | Path, decode: DecodeConfig = DecodeConfig(), provider: str = "cpu", threads: int = 0):
+        self.decode = decode
+        self.pair = OrtPair(model_dir, provider=provider, threads=threads)
+        self.tokens = TokenTable.read(Path(model_dir) / contract.TOKENS_FILE)
+        info = self.pair.info
+        if len(self.tokens) != info.vocab_size:
+            raise OptimizeError(
+                f"{model_dir}: tokens.txt has {len(self.tokens)} symbols, the model {info.vocab_size}",
+                "use the tokens.txt exported with this model",
+            )
+        self._cmvn = (np.asarray(info.cmvn_mean), np.asarray(info.cmvn_inv_stddev))
+        if decode.batch_size > 1 and not (self.pair.has_cross_mask and self.pair.max_encoder_rows is None):
+            raise OptimizeError(
+                f"batch_size {decode.batch_size} needs a pair with a batch dim and a {contract.CROSS_MASK} input; {model_dir} has not",
+                "use batch_size 1 with this pair, or re-export it with `optimize export`",
+            )
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """samples: shape = (num_samples,), 16 kHz, int16 scale -> shape = (T, 80), float32, CMVN-normalized."""
+        check_length(len(samples), "input")
+        return apply_cmvn(fbank(samples), *self._cmvn)
+
+    def transcribe(self, paths: list[str | Path]) -> list[Hypothesis]:
+        """Recognize audio files; results in input order."""
+        return self.recognize_features([self.features(load_audio(p)) for p in paths])
+
+    def recognize_features(self, feats: list[np.ndarray]) -> list[Hypothesis]:
+        """Recognize CMVN-normalized features, each shape = (T_i, 80), float32.
+
+        Utterances are grouped by length into batches of decode.batch_size to
+        limit padding; results come back in input order.
+        """
+        for i, f in enumerate(feats):
+            if f.ndim != 2 or f.shape[1] != NUM_MEL_BINS or not 1 <= f.shape[0] <= MAX_FRAMES:
+                raise OptimizeError(
+                    f"features #{i} have shape {f.shape}, need (T, {NUM_MEL_BINS}) with 1 <= T <= {MAX_FRAMES}",
+                    "compute them with Recognizer.features",
+                )
+        order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+        results: list[Hypothesis | None] = [None] * len(feats)
+        size = self.decode.batch_size
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            for i, hyp in zip(batch, self._recognize_batch([feats[i] for i in batch])):
+                results[i] = hyp
+        return results  # type: ignore[return-value]
+
+    def _recognize_batch(self, feats: list[np.ndarray]) -> list[Hypothesis]:
+        frames = np.array([f.shape[0] for f in feats], dtype=np.int64)
+        x = np.zeros((len(feats), frames.max(), NUM_MEL_BINS), dtype=np.float32)  # pad with 0.0 after CMVN
+        for row, f in enumerate(feats):
+            x[row, : len(f)] = f
+        cross_k, cross_v = self.pair.encode(x, frames)
+        enc_len = cross_k.shape[2]
+        mask = cross_attention_mask(frames, enc_len) if len(set(frames.tolist())) > 1 else None
+        maxlen = self.decode.max_len or enc_len
+        fixed = self.pair.fixed_cache_len
+        if fixed is not None:
+            maxlen = min(maxlen, fixed)  # a fixed cache holds at most `fixed` positions
+        model = OrtInference(self.pair, cross_k, cross_v, mask, fixed or maxlen + 1)
+        info = self.pair.info
+        seqs = search(model, len(feats), maxlen, self.decode, info.sos, info.eos)
+        return [Hypothesis(seq, self.tokens.detokenize(seq)) for seq in seqs]
