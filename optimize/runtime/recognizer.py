@@ -10,10 +10,15 @@ import numpy as np
 from optimize import contract
 from optimize.errors import OptimizeError
 from optimize.runtime.audio import MAX_FRAMES, check_length, load_audio
+from optimize.runtime.binding import BoundInference, BoundPair
 from optimize.runtime.features import NUM_MEL_BINS, apply_cmvn, fbank
-from optimize.runtime.search import DecodeConfig, search
-from optimize.runtime.session import OrtPair
+from optimize.runtime.search import DecodeConfig, Inference, search
+from optimize.runtime.session import OrtPair, ProviderOptions
 from optimize.runtime.tokens import TokenTable
+
+# Warm-up buckets in fbank frames (1, 3, 10 and 30 s): on CUDA the arena grows and cuDNN
+# picks conv algorithms on the first run of each new input shape (ort-toolchain.md §6).
+WARMUP_FRAMES = (100, 300, 1000, 3000)
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,18 @@ def cross_attention_mask(frames: np.ndarray, enc_len: int) -> np.ndarray:
 class Recognizer:
     """Transcribe with an exported pair (encoder.onnx, decoder.onnx, tokens.txt in model_dir)."""
 
-    def __init__(self, model_dir: str | Path, decode: DecodeConfig = DecodeConfig(), provider: str = "cpu", threads: int = 0):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        decode: DecodeConfig = DecodeConfig(),
+        provider: str = "cpu",
+        threads: int = 0,
+        options: ProviderOptions = ProviderOptions(),
+    ):
         self.decode = decode
-        self.pair = OrtPair(model_dir, provider=provider, threads=threads)
+        self.pair = OrtPair(model_dir, provider=provider, threads=threads, options=options)
+        # CUDA always binds: a host round trip of cross K/V and both caches per step is what IOBinding removes
+        self.bound = BoundPair(self.pair) if provider == "cuda" or options.io_binding else None
         self.tokens = TokenTable.read(Path(model_dir) / contract.TOKENS_FILE)
         info = self.pair.info
         if len(self.tokens) != info.vocab_size:
@@ -146,19 +160,41 @@ class Recognizer:
                 results[i] = hyp
         return results  # type: ignore[return-value]
 
-    def _recognize_batch(self, feats: list[np.ndarray]) -> list[Hypothesis]:
+    def warmup(self, lengths: tuple[int, ...] = WARMUP_FRAMES, steps: int = 2) -> None:
+        """Decode decode.batch_size all-zero inputs of each length in `lengths` (frames) for `steps` steps, untimed.
+
+        Longest first, so the arena's first chunks fit the shorter inputs after it.
+        Harmless on the CPU, where it only pre-sizes the arena.
+        """
+        if steps < 1 or not all(1 <= n <= MAX_FRAMES for n in lengths):
+            raise OptimizeError(f"warm-up lengths {lengths} / steps {steps}", f"use frames in [1, {MAX_FRAMES}] and steps >= 1")
+        for n in sorted(lengths, reverse=True):
+            self._recognize_batch([np.zeros((n, NUM_MEL_BINS), dtype=np.float32)] * self.decode.batch_size, steps)
+
+    def _recognize_batch(self, feats: list[np.ndarray], max_len: int = 0) -> list[Hypothesis]:
+        """One padded batch; max_len (0 = decode.max_len) caps the steps."""
         frames = np.array([f.shape[0] for f in feats], dtype=np.int64)
         x = np.zeros((len(feats), frames.max(), NUM_MEL_BINS), dtype=np.float32)  # pad with 0.0 after CMVN
         for row, f in enumerate(feats):
             x[row, : len(f)] = f
-        cross_k, cross_v = self.pair.encode(x, frames)
-        enc_len = cross_k.shape[2]
-        mask = cross_attention_mask(frames, enc_len) if len(set(frames.tolist())) > 1 else None
-        maxlen = self.decode.max_len or enc_len
-        fixed = self.pair.fixed_cache_len
-        if fixed is not None:
-            maxlen = min(maxlen, fixed)  # a fixed cache holds at most `fixed` positions
-        model = OrtInference(self.pair, cross_k, cross_v, mask, fixed or maxlen + 1)
+        model, maxlen = self._encode(x, frames, max_len or self.decode.max_len)
         info = self.pair.info
         seqs = search(model, len(feats), maxlen, self.decode, info.sos, info.eos)
         return [Hypothesis(seq, self.tokens.detokenize(seq)) for seq in seqs]
+
+    def _encode(self, x: np.ndarray, frames: np.ndarray, max_len: int) -> tuple[Inference, int]:
+        """Run the encoder on x, shape = (N, T, 80); return the decoder bound to its output and the step limit."""
+        if self.bound is None:
+            cross_k, cross_v = self.pair.encode(x, frames)
+            enc_len = cross_k.shape[2]
+        else:
+            cross_k, cross_v = self.bound.encode(x, frames)
+            enc_len = cross_k.shape()[2]
+        mask = cross_attention_mask(frames, enc_len) if len(set(frames.tolist())) > 1 else None
+        maxlen = max_len or enc_len
+        fixed = self.pair.fixed_cache_len
+        if fixed is not None:
+            maxlen = min(maxlen, fixed)  # a fixed cache holds at most `fixed` positions
+        if self.bound is None:
+            return OrtInference(self.pair, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen
+        return BoundInference(self.bound, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen

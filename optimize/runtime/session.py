@@ -8,6 +8,7 @@ V = vocabulary size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,60 @@ _ORT_ERRORS = (
     _ort_state.EPFail,
 )
 PROVIDERS = ("cpu", "cuda")
+CUDNN_CONV_ALGO_SEARCHES = ("HEURISTIC", "EXHAUSTIVE", "DEFAULT")
+ARENA_EXTEND_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
+
+
+@dataclass(frozen=True)
+class ProviderOptions:
+    """How the pair runs on its provider; the CUDA fields reach the CUDA EP, `io_binding` the recognizer.
+
+    CUDA graphs (`enable_cuda_graph`) are left out on purpose: they need fixed shapes and
+    fixed device addresses, which a growing self-cache and variable T never give
+    (ort-toolchain.md §6).
+    """
+
+    # CUDA device ordinal; the encoder outputs and the self-caches live on it between steps
+    device_id: int = 0
+    # cuDNN's default EXHAUSTIVE benchmarks every conv algorithm on each new input shape,
+    # i.e. on every new T; sherpa-onnx found it "extremely slow" and uses HEURISTIC (session.cc)
+    cudnn_conv_algo_search: str = "HEURISTIC"
+    # TF32 matmuls on Ampere/Hopper change fp32 results; off so "fp32" means fp32, as torch's matmul default
+    use_tf32: bool = False
+    # bytes the CUDA arena may hold; 0 = no limit (ORT's default)
+    gpu_mem_limit: int = 0
+    # kSameAsRequested, as ORT's own CudaSession: power-of-two growth over-allocates on long inputs
+    arena_extend_strategy: str = "kSameAsRequested"
+    # keep cross K/V and the self-caches as OrtValues on the device (IOBinding) on the CPU provider
+    # too; the CUDA provider always does (optimize.runtime.binding)
+    io_binding: bool = False
+
+    def __post_init__(self):
+        bad = {
+            "cudnn_conv_algo_search": self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCHES,
+            "arena_extend_strategy": self.arena_extend_strategy not in ARENA_EXTEND_STRATEGIES,
+            "device_id": self.device_id < 0,
+            "gpu_mem_limit": self.gpu_mem_limit < 0,
+        }
+        names = [name for name, is_bad in bad.items() if is_bad]
+        if names:
+            raise OptimizeError(
+                f"invalid provider options {', '.join(f'{n}={getattr(self, n)!r}' for n in names)}",
+                f"use cudnn_conv_algo_search in {CUDNN_CONV_ALGO_SEARCHES}, arena_extend_strategy in "
+                f"{ARENA_EXTEND_STRATEGIES}, device_id >= 0, gpu_mem_limit >= 0",
+            )
+
+    def cuda(self) -> dict[str, str]:
+        """The CUDA EP's provider options, one visible mapping (ORT takes strings)."""
+        opts = {
+            "device_id": str(self.device_id),
+            "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+            "use_tf32": str(int(self.use_tf32)),
+            "arena_extend_strategy": self.arena_extend_strategy,
+        }
+        if self.gpu_mem_limit:  # ORT's own default is SIZE_MAX; only a limit that was asked for is passed
+            opts["gpu_mem_limit"] = str(self.gpu_mem_limit)
+        return opts
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -47,7 +102,8 @@ def _session_options(threads: int) -> ort.SessionOptions:
     return opts
 
 
-def _providers(provider: str) -> list:
+def providers(provider: str, options: ProviderOptions) -> list:
+    """The `providers` list for ort.InferenceSession; OptimizeError when `provider` cannot run here."""
     if provider not in PROVIDERS:
         raise OptimizeError(f"unknown provider {provider!r}", f"use one of {', '.join(PROVIDERS)}")
     if provider == "cpu":
@@ -57,15 +113,24 @@ def _providers(provider: str) -> list:
             f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (has {', '.join(ort.get_available_providers())})",
             "install onnxruntime-gpu matching the CUDA version, or use --provider cpu",
         )
-    # cuDNN's default EXHAUSTIVE conv search is very slow on first run (sherpa-onnx session.cc).
-    return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
+    # CPU stays listed for the few ops without a CUDA kernel (shape arithmetic on `offset`)
+    return [("CUDAExecutionProvider", options.cuda()), "CPUExecutionProvider"]
 
 
-def _load(path: Path, provider: str, threads: int) -> ort.InferenceSession:
+def load_session(path: Path | str | bytes, provider: str, threads: int, options: ProviderOptions) -> ort.InferenceSession:
+    """An InferenceSession on `provider` from a file or a serialized model; a CUDA EP that fails to initialise is an OptimizeError."""
+    chosen = providers(provider, options)
+    source, path = (path, "an in-memory graph") if isinstance(path, bytes) else (str(path), path)
     try:
-        sess = ort.InferenceSession(str(path), _session_options(threads), providers=_providers(provider))
-    except _ORT_ERRORS as e:
+        # enable_fallback=0: ORT would otherwise print "EP Error" and quietly rebuild the session,
+        # or re-run a failed step, on the CPU; a CUDA run must fail loudly instead
+        sess = ort.InferenceSession(source, _session_options(threads), providers=chosen, enable_fallback=0)
+    except _ORT_ERRORS + (RuntimeError, ValueError) as e:
         reason = " ".join(str(e).split())
+        if provider == "cuda" and "cuda" in reason.lower():
+            raise OptimizeError(f"CUDAExecutionProvider failed for {path}: {reason}", "check the CUDA/cuDNN libraries or use --provider cpu") from e
+        if not isinstance(e, _ORT_ERRORS):
+            raise  # not an ORT load failure: a bug, keep the traceback
         raise OptimizeError(f"onnxruntime cannot load {path}: {reason}", "re-export the pair with `optimize export`") from e
     if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise OptimizeError(
@@ -81,11 +146,13 @@ def _io(args) -> list[tuple[str, int]]:
 class OrtPair:
     """encoder.onnx + decoder.onnx of one model directory, validated against optimize.contract."""
 
-    def __init__(self, model_dir: str | Path, provider: str = "cpu", threads: int = 0):
+    def __init__(self, model_dir: str | Path, provider: str = "cpu", threads: int = 0, options: ProviderOptions = ProviderOptions()):
         enc_path, dec_path, _ = contract.model_paths(Path(model_dir))
         self.provider = provider
-        self.encoder = _load(enc_path, provider, threads)
-        self.decoder = _load(dec_path, provider, threads)
+        self.threads = threads
+        self.options = options
+        self.encoder = load_session(enc_path, provider, threads, options)
+        self.decoder = load_session(dec_path, provider, threads, options)
         contract.check_io(_io(self.encoder.get_inputs()), contract.ENCODER_INPUTS, "encoder inputs", str(enc_path))
         contract.check_io(_io(self.encoder.get_outputs()), contract.ENCODER_OUTPUTS, "encoder outputs", str(enc_path))
         contract.check_io(_io(self.decoder.get_inputs()), contract.DECODER_INPUTS, "decoder inputs", str(dec_path))
