@@ -44,6 +44,7 @@ STAGES = {
     "fuse": "optimize.stages.fuse",
     "fp16": "optimize.stages.fp16",
     "int8": "optimize.stages.int8",
+    "int8_weight_only": "optimize.stages.int8_weight_only",
 }
 
 GRAPHS = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}

@@ -1,0 +1,149 @@
+"""Peak resident memory of this process, per named phase.
+
+A 1.1B-parameter model is 4.6 GB in fp32, and export, quantization and the
+benchmark each hold it in some form: whether a step fits on a shared machine is
+decided by its peak RSS, not by the final file size. `ru_maxrss` gives one peak
+per process, so a sampler reads /proc/<pid>/statm every few milliseconds and
+charges each sample to the phases that are open. The sampler is a separate
+process: a thread would stall whenever a C extension holds the GIL (protobuf
+serialization, torch's ONNX export), which is exactly when memory peaks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+GIB = 1 << 30
+MAX_PHASES = 64  # phases per PeakRss (slots in the shared arrays)
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size now (anonymous + file-backed pages), in bytes."""
+    return _statm(pid)[0]
+
+
+def anon_bytes(pid: int | str = "self") -> int:
+    """Resident memory not backed by a file: what the process really costs the machine.
+
+    Pages of memory-mapped files (a checkpoint loaded with mmap, ORT's mapped external
+    data) count in RSS but the kernel can drop them; these cannot be dropped.
+    """
+    resident, shared = _statm(pid)
+    return resident - shared
+
+
+def max_rss_bytes() -> int:
+    """The kernel's high-water mark of RSS for this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _statm(pid: int | str) -> tuple[int, int]:
+    """(resident, resident file-backed + shmem) bytes, from /proc/<pid>/statm."""
+    with open(f"/proc/{pid}/statm") as f:
+        fields = f.read().split()
+    return int(fields[1]) * _PAGE, int(fields[2]) * _PAGE
+
+
+def _sampler(pid: int, open_mask, peaks, ready, stop, interval_s: float) -> None:
+    """Sampler process body: peaks[2i] = max RSS, peaks[2i+1] = max anon while phase i is open."""
+    ready.set()
+    while not stop.is_set():
+        try:
+            resident, shared = _statm(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        mask = open_mask.value
+        i = 0
+        while mask:
+            if mask & 1:
+                peaks[2 * i] = max(peaks[2 * i], resident)
+                peaks[2 * i + 1] = max(peaks[2 * i + 1], resident - shared)
+            mask >>= 1
+            i += 1
+        time.sleep(interval_s)
+
+
+@dataclass
+class PhasePeak:
+    seconds: float = 0.0  # wall-clock duration (summed over entries)
+    start_bytes: int = 0  # RSS when the phase (last) opened
+    end_bytes: int = 0  # RSS when it (last) closed
+    peak_bytes: int = 0  # highest RSS seen while open
+    peak_anon_bytes: int = 0  # highest anonymous (not file-backed) RSS seen while open
+    set_high_water: bool = False  # the process's ru_maxrss rose while open: peak_bytes is exact
+
+    def to_json(self) -> dict:
+        gib = lambda b: round(b / GIB, 3)  # noqa: E731
+        return {
+            "seconds": round(self.seconds, 2),
+            "start_gib": gib(self.start_bytes),
+            "end_gib": gib(self.end_bytes),
+            "peak_gib": gib(self.peak_bytes),
+            "peak_anon_gib": gib(self.peak_anon_bytes),
+            "set_high_water": self.set_high_water,
+        }
+
+
+@dataclass
+class PeakRss:
+    """Use as a context manager; `phase(name)` then charges the samples taken while it is open.
+
+    Phases may nest: a sample counts for every open phase. A phase opened twice under
+    the same name keeps the larger peak and the summed duration. Besides the samples,
+    a phase during which the kernel's ru_maxrss rose gets that exact value as its peak.
+    """
+
+    interval_s: float = 0.002
+    phases: dict[str, PhasePeak] = field(default_factory=dict)
+    _slots: dict[str, int] = field(default_factory=dict)
+
+    def __enter__(self) -> "PeakRss":
+        ctx = multiprocessing.get_context("spawn")  # never fork a process holding gigabytes
+        self._mask = ctx.Value("Q", 0, lock=False)
+        self._peaks = ctx.Array("q", 2 * MAX_PHASES, lock=False)
+        self._stop, ready = ctx.Event(), ctx.Event()
+        args = (os.getpid(), self._mask, self._peaks, ready, self._stop, self.interval_s)
+        self._proc = ctx.Process(target=_sampler, args=args, daemon=True)
+        self._proc.start()
+        ready.wait()  # phases opened before the first sample would be missed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._proc.join()
+
+    @contextmanager
+    def phase(self, name: str):
+        """Time `name` and record its peak RSS while the block runs."""
+        if name not in self._slots:
+            if len(self._slots) == MAX_PHASES:
+                raise ValueError(f"more than {MAX_PHASES} phases")
+            self._slots[name] = len(self._slots)
+            self.phases[name] = PhasePeak()
+        slot, p = self._slots[name], self.phases[name]
+        p.start_bytes = rss_bytes()
+        p.peak_anon_bytes = max(p.peak_anon_bytes, anon_bytes())
+        high_water = max_rss_bytes()
+        self._mask.value |= 1 << slot
+        start = time.perf_counter()
+        try:
+            yield p
+        finally:
+            p.seconds += time.perf_counter() - start
+            p.end_bytes = rss_bytes()
+            p.peak_anon_bytes = max(p.peak_anon_bytes, anon_bytes())
+            self._mask.value &= ~(1 << slot)
+            p.peak_bytes = max(p.peak_bytes, self._peaks[2 * slot], p.start_bytes, p.end_bytes)
+            p.peak_anon_bytes = max(p.peak_anon_bytes, self._peaks[2 * slot + 1])
+            if max_rss_bytes() > high_water:
+                p.set_high_water = True
+                p.peak_bytes = max(p.peak_bytes, max_rss_bytes())
+
+    def to_json(self) -> dict:
+        return {name: p.to_json() for name, p in self.phases.items()}

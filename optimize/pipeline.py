@@ -1,0 +1,234 @@
+"""The stage runner: baseline -> each recipe stage -> final, stage-agnostic.
+
+For every stage: cache lookup -> `run` in a child process (peak memory measured per
+stage, and the parent never imports what a stage imports) -> checks (evaluate/suite.py)
+-> gates -> a report row; the report is rewritten after every stage. The first failure
+stops the run with an OptimizeError; the failing stage's directory stays for
+inspection and `final/` is written only when every stage passed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from optimize import cache, report
+from optimize.errors import OptimizeError
+from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data, quiet
+from optimize.recipe import PROVIDERS, Recipe, Stage, to_dict
+from optimize.stages import STAGES, publish
+
+BASELINE = "baseline"
+# Our modules whose code decides what a stage writes / what an evaluation measures.
+STAGE_CODE = ("optimize.stages", "optimize.graph")
+EVAL_CODE = ("optimize.evaluate.suite", "optimize.evaluate.parity", "optimize.evaluate.rtf", "optimize.evaluate.wer",
+             "optimize.runtime.session", "optimize.runtime.search", "optimize.runtime.recognizer")  # fmt: skip
+FINAL = "final"
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How to run a recipe, as opposed to what it is."""
+
+    provider: str | None = None  # run the checks on this provider instead of the recipe's (RTF then not representative)
+    force: bool = False  # redo cached stages and evaluations
+
+
+def _cuda_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _check_provider(recipe: Recipe, provider: str) -> None:
+    if provider not in PROVIDERS:
+        raise OptimizeError(f"provider {provider!r} is not known", f"use one of {', '.join(PROVIDERS)}")
+    if provider == "cuda" and not _cuda_available():
+        raise OptimizeError(
+            f"recipe {recipe.name} targets cuda but this onnxruntime has no CUDAExecutionProvider",
+            "run it on a CUDA machine, or pass --provider cpu to run the same checks on the CPU (RTF not representative)",
+        )
+
+
+def _stage_child(module: str, src: str, dst: str, cfg: object) -> dict:
+    """Body of the per-stage child process; OptimizeError comes back as data (it does not pickle its fix)."""
+    import importlib
+    import logging
+    import resource
+
+    import onnxruntime
+
+    # the tools log known, harmless warnings (ORT's "symbolic shape inference disabled",
+    # the quantizer's pre-processing hint); failures still raise
+    logging.getLogger().setLevel(logging.ERROR)
+    onnxruntime.set_default_logger_severity(3)
+    start = time.perf_counter()
+    try:
+        out = importlib.import_module(module).run(Path(src), Path(dst), cfg)
+    except OptimizeError as e:
+        return {"error": [e.message, e.fix]}
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return {"output": out.to_json(), "seconds": time.perf_counter() - start, "peak_rss_mb": peak_kb / 1024}
+
+
+def _transform(stage: Stage, src: Path, dst: Path) -> dict:
+    """Run one stage in a fresh process and return what it reported."""
+    context = multiprocessing.get_context("spawn")  # fresh interpreter: own ru_maxrss, no inherited imports
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        result = pool.submit(_stage_child, STAGES[stage.name], str(src), str(dst), stage.config).result()
+    if "error" in result:
+        raise OptimizeError(*result["error"])
+    return result
+
+
+def _import_baseline(src: Path, dst: Path) -> dict:
+    """Copy the input pair into the run directory: every later stage reads only the run's copies."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in cache.pair_files(src):
+        shutil.copyfile(f, tmp / f.name)
+    publish(tmp, dst)
+    return {"output": {"notes": ["the fp32 input pair, unchanged"]}, "seconds": 0.0, "peak_rss_mb": None}
+
+
+def _produce(stage: Stage, src: Path, dst: Path, force: bool, log: Log) -> dict:
+    """The stage's record: from the cache when its key matches, else by running it."""
+    inputs = cache.digests(src)
+    config = dataclasses.asdict(stage.config) if dataclasses.is_dataclass(stage.config) else {}
+    code = cache.code_digest(*STAGE_CODE, *([STAGES[stage.name]] if stage.name in STAGES else []))
+    key = cache.key(stage.name, inputs, {"config": config, "code": code})
+    record = None if force else cache.finished(dst, key)
+    if record:
+        log(f"{dst.name}: cached")
+        return record | {"cached": True}
+    log(f"{dst.name}: running")
+    shutil.rmtree(dst, ignore_errors=True)
+    done = _import_baseline(src, dst) if stage.name == BASELINE else _transform(stage, src, dst)
+    record = {"stage": stage.name, "key": key, "config": config, "versions": cache.tool_versions(), "host": cache.host(),
+              "inputs": inputs, "outputs": cache.digests(dst), **done}  # fmt: skip
+    cache.write_record(dst, record)
+    return record | {"cached": False}
+
+
+def _evaluate(evaluator: Evaluator, record: dict, stage_dir: Path, input_dir: Path | None, settings: dict, force: bool, progress: Progress) -> dict:
+    """Metrics of a stage's pair, from the record when its evaluation key matches."""
+    def outputs(d: Path | None) -> dict | None:
+        return cache.read_record(d)["outputs"] if d else None
+
+    refs = {"input": outputs(input_dir), "baseline": outputs(evaluator.baseline_dir)}
+    key = cache.key("evaluation", record["outputs"], settings | {"references": refs, "code": cache.code_digest(*EVAL_CODE)})
+    cached = record.get("evaluation", {})
+    if not force and cached.get("key") == key:
+        return cached["metrics"]
+    metrics = evaluator.evaluate(stage_dir, input_dir, progress)
+    cache.write_record(stage_dir, {k: v for k, v in record.items() if k != "cached"} | {"evaluation": {"key": key, "metrics": metrics}})
+    return metrics
+
+
+def _judge(metrics: dict, baseline: dict | None, recipe: Recipe, representative: bool) -> tuple[dict, list[str]]:
+    """Gate values of a stage against the baseline, and the failures (checks first)."""
+    failures = list(metrics["failures"])
+    if baseline is None or failures:
+        return {"delta_error_rate": 0.0 if baseline is None else None, "speedup": 1.0 if baseline is None else None}, failures
+    g = recipe.gates
+    er, base_er = metrics.get("error_rate"), baseline.get("error_rate")
+    delta = None if er is None or base_er is None else er - base_er
+    speedup = baseline["rtf"]["rtf"] / max(metrics["rtf"]["rtf"], 1e-12)
+    agreement = metrics.get("token_agreement")
+    if delta is not None and delta > g.max_error_rate_increase:
+        failures.append(f"gate: error rate {er:.2f}% is {delta:+.2f} points over the baseline, max_error_rate_increase is {g.max_error_rate_increase}")
+    if agreement is not None and agreement < g.min_token_agreement:
+        failures.append(f"gate: token agreement {agreement:.3f} with the baseline is below min_token_agreement {g.min_token_agreement}")
+    if representative and speedup < g.min_speedup:
+        failures.append(f"gate: speedup {speedup:.2f}x over the baseline is below min_speedup {g.min_speedup}")
+    return {"delta_error_rate": delta, "speedup": speedup}, failures
+
+
+def _row(stage: Stage, stage_dir: Path, record: dict, metrics: dict, judged: dict, failures: list[str]) -> dict:
+    rtf = metrics.get("rtf") or {}
+    return {
+        "name": stage.name, "path": str(stage_dir), "error_rate": metrics.get("error_rate"),
+        "delta_error_rate": judged["delta_error_rate"], "error_rate_vs_baseline": metrics.get("error_rate_vs_baseline"),
+        "token_agreement": metrics.get("token_agreement", 1.0 if stage.name == BASELINE else None),
+        "rtf": rtf.get("rtf"), "rtf_p50": rtf.get("p50"), "rtf_p90": rtf.get("p90"), "rtf_cpu": rtf.get("cpu_rtf"),
+        "speedup": judged["speedup"],
+        "size_mb": metrics.get("size_mb"), "peak_rss_mb": record.get("peak_rss_mb"), "seconds": record.get("seconds"),
+        "cached": record["cached"], "notes": record["output"].get("notes", []), "changes": record["output"].get("details"),
+        "op_stats": metrics.get("op_stats"),
+        "parity": metrics.get("parity"), "outputs": record["outputs"], "passed": not failures, "failures": failures,
+    }  # fmt: skip
+
+
+def _publish_final(src: Path, run_dir: Path) -> Path:
+    final, tmp = run_dir / FINAL, run_dir / (FINAL + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for f in cache.pair_files(src):
+        shutil.copyfile(f, tmp / f.name)
+    publish(tmp, final)
+    return final
+
+
+def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None, progress: Progress = quiet) -> dict:
+    """Run `recipe`; returns the report. Raises OptimizeError on the first failed stage."""
+    provider = options.provider or recipe.provider
+    _check_provider(recipe, provider)
+    representative = provider == recipe.provider
+    if not representative:
+        log(f"note: recipe {recipe.name} targets {recipe.provider}; running on {provider}, so RTF is not representative and min_speedup is not judged")
+    run_dir = Path(recipe.output)
+    shutil.rmtree(run_dir / FINAL, ignore_errors=True)  # a failed run must not leave an older final pair
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = EvalSettings(provider, recipe.threads, recipe.decode, recipe.evaluation)
+    header = report.header(recipe, to_dict(recipe), provider, representative, settings.timed())
+    chain = [Stage(BASELINE, None), *recipe.stages]
+    src, rows, evaluator = Path(recipe.model), [], None
+    for index, stage in enumerate(chain):
+        stage_dir = run_dir / f"{index}-{stage.name}"
+        try:
+            record = _produce(stage, src, stage_dir, options.force, log)
+        except OptimizeError as e:
+            rows.append({"name": stage.name, "path": str(stage_dir), "passed": False, "failures": [f"stage: {e}"]})
+            report.write(run_dir, header, rows, None)
+            raise OptimizeError(f"stage {stage.name} failed: {e.message}", f"{e.fix}; nothing was published") from e
+        if evaluator is None:
+            evaluator = Evaluator(load_data(stage_dir, recipe.data, settings, progress), settings, stage_dir)
+        eval_settings = dataclasses.asdict(settings) | {"data": evaluator.data.digest}
+        metrics = _evaluate(evaluator, record, stage_dir, None if index == 0 else src, eval_settings, options.force, progress)
+        if index == 0 and not metrics["failures"]:
+            evaluator.baseline = metrics
+        judged, failures = _judge(metrics, evaluator.baseline if index else None, recipe, representative)
+        rows.append(_row(stage, stage_dir, record, metrics, judged, failures))
+        report.write(run_dir, header, rows, None)
+        if failures:
+            raise OptimizeError(f"stage {stage.name} failed {failures[0]}", f"the artifact stays in {stage_dir} for inspection; nothing was published")
+        log(f"{stage_dir.name}: passed")
+        src = stage_dir
+    final = _publish_final(src, run_dir)
+    return report.write(run_dir, header, rows, final)
+
+
+def evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, reference: Path | None = None, progress: Progress = quiet) -> dict:
+    """`optimize eval`: the checks on any pair; parity, agreement and deltas need a `reference` pair."""
+    evaluator = Evaluator(load_data(Path(reference or model_dir), data, settings, progress), settings, reference)
+    out: dict = {"model": str(model_dir), "data": None if data is None else str(data), "provider": settings.provider,
+                 "threads": settings.threads, "rtf_timed": settings.timed(), "reference": None if reference is None else str(reference)}  # fmt: skip
+    if reference is not None:
+        evaluator.baseline = evaluator.evaluate(Path(reference), None, progress)
+        if evaluator.baseline["failures"]:
+            raise OptimizeError(f"reference {reference} failed {evaluator.baseline['failures'][0]}", "pass a working fp32 pair as --reference")
+        out["reference_metrics"] = evaluator.baseline
+    metrics = evaluator.evaluate(Path(model_dir), None, progress)
+    out["metrics"] = metrics
+    if reference is not None and not metrics["failures"]:
+        base, er = evaluator.baseline, metrics.get("error_rate")
+        out["delta_error_rate"] = None if er is None or base.get("error_rate") is None else er - base["error_rate"]
+        out["speedup"] = base["rtf"]["rtf"] / max(metrics["rtf"]["rtf"], 1e-12)
+    return out

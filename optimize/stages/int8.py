@@ -1,0 +1,117 @@
+"""int8: dynamic quantization (onnxruntime.quantization.quantize_dynamic), MatMul only by default.
+
+Weights become int8 ahead of time; activations are quantized to uint8 per call by
+DynamicQuantizeLinear, and ORT's CPU EP fuses the result into DynamicQuantizeMatMul /
+MatMulIntegerToFloat at load (ort-toolchain.md E7). A CPU artifact: use fp16 on GPUs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from optimize import graph
+from optimize.cache import host_cpu_flags
+from optimize.errors import OptimizeError
+from optimize.stages import GRAPHS, StageOutput, transform_pair
+
+# Ops quantize_dynamic can turn into integer ops (onnxruntime/quantization/registry.py
+# IntegerOpsRegistry). Gemm is not among them in dynamic mode.
+DYNAMIC_OPS = ("MatMul", "Conv", "Attention", "LSTM", "Gather", "Transpose", "EmbedLayerNormalization")
+WEIGHT_TYPES = ("QInt8", "QUInt8")
+# CPU flags with the VNNI dot-product instructions (Linux /proc/cpuinfo names)
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    # op types to quantize; ConvInteger was slower than fp32 Conv on CPU (ort-toolchain.md E7)
+    op_types: tuple[str, ...] = ("MatMul",)
+    # per-tensor weights; per-channel fails at run time for 3-D constant weights (ORT #25489)
+    per_channel: bool = False
+    # QInt8 (ORT default) or QUInt8 (optimum's avx2 preset); a measured knob
+    weight_type: str = "QInt8"
+    # 7-bit weights avoid U8S8 saturation without VNNI; "auto" = on only without VNNI
+    reduce_range: bool | str = "auto"
+    # node-name patterns (fnmatch) left in float, e.g. "/encoder/layer_stack.0/*"
+    nodes_to_exclude: tuple[str, ...] = ()
+    # quantize only MatMuls with a constant B, so attention score/context MatMuls stay float
+    matmul_const_b_only: bool = True
+
+    def __post_init__(self):
+        bad = [op for op in self.op_types if op not in DYNAMIC_OPS]
+        if bad or not self.op_types:
+            raise OptimizeError(f"int8.op_types {list(self.op_types)} has ops dynamic quantization cannot quantize: {bad}", f"use some of {', '.join(DYNAMIC_OPS)}")
+        if self.weight_type not in WEIGHT_TYPES:
+            raise OptimizeError(f"int8.weight_type is {self.weight_type!r}", f"use one of {', '.join(WEIGHT_TYPES)}")
+        if self.reduce_range not in (True, False, "auto"):
+            raise OptimizeError(f"int8.reduce_range is {self.reduce_range!r}", "use true, false or auto (on only without VNNI)")
+
+
+Config = Int8Config
+
+
+def resolve_reduce_range(setting: bool | str, flags: frozenset[str]) -> bool:
+    """`auto` -> True only when the CPU lacks VNNI (ORT quantization docs, "reduce-range")."""
+    if setting == "auto":
+        return not any(f in flags for f in VNNI_FLAGS)
+    return bool(setting)
+
+
+def _excluded(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
+    return [n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, p) for p in patterns)]
+
+
+def _check_patterns(src: Path, patterns: tuple[str, ...]) -> None:
+    """A pattern that matches no node in either graph is a recipe error, not a no-op."""
+    names = [n.name for f in GRAPHS.values() for n in graph.load(src / f, load_external=False).graph.node]
+    for p in patterns:
+        if not fnmatch.filter(names, p):
+            raise OptimizeError(f"int8.nodes_to_exclude pattern {p!r} matches no node", "use node names as in the stage's input graphs (e.g. from Netron)")
+
+
+def _quantize_graph(cfg: Int8Config, reduce_range: bool, record: dict):
+    def transform(src: Path, out: Path, role: str) -> list[str]:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        model = graph.load(src, load_external=False)
+        excluded = _excluded(model, cfg.nodes_to_exclude)
+        record[role] = {"excluded_nodes": excluded}
+        try:
+            quantize_dynamic(
+                src,  # by path: the quantizer runs shape inference on the file, fine above 2 GB
+                out,
+                op_types_to_quantize=list(cfg.op_types),
+                per_channel=cfg.per_channel,
+                reduce_range=reduce_range,
+                weight_type=QuantType[cfg.weight_type],
+                nodes_to_exclude=excluded,
+                use_external_data_format=graph.needs_external_data(model),
+                extra_options={
+                    "MatMulConstBOnly": cfg.matmul_const_b_only,
+                    # fused graphs carry com.microsoft ops ONNX cannot type (ort-toolchain.md E6)
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                },
+            )
+        except Exception as e:  # the quantizer raises assorted errors on graphs it cannot handle
+            raise OptimizeError(f"quantize_dynamic failed on the {role}: {str(e).splitlines()[0][:300]}", "exclude the failing node with int8.nodes_to_exclude") from e
+        return []
+
+    return transform
+
+
+def run(src: Path, dst: Path, cfg: Int8Config) -> StageOutput:
+    """Quantize encoder and decoder of `src` into `dst`."""
+    src = Path(src)
+    _check_patterns(src, cfg.nodes_to_exclude)
+    reduce_range = resolve_reduce_range(cfg.reduce_range, host_cpu_flags())
+    record: dict = {}
+    before, after, notes = transform_pair(src, dst, "int8", _quantize_graph(cfg, reduce_range, record))
+    for role in after:
+        record[role]["quantized"] = {op: after[role].get(op, 0) for op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")}
+    if not any(after[r].get("DynamicQuantizeLinear", 0) for r in after):
+        notes += ("quantize_dynamic quantized no node",)
+    return StageOutput(before, after, notes, {"reduce_range": reduce_range, **record})

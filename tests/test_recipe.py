@@ -1,0 +1,92 @@
+"""Recipes: YAML -> frozen dataclasses; every key and type checked, with suggestions."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from optimize.errors import OptimizeError
+from optimize.recipe import Recipe, default, load_recipe, to_dict
+from optimize.stages.int8 import Int8Config
+
+REPO = Path(__file__).resolve().parents[1]
+GATES = {"max_error_rate_increase": 0.5, "min_token_agreement": 0.97, "min_speedup": 0.9}
+
+
+def write(tmp_path: Path, recipe: dict, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def base(**changes) -> dict:
+    return {"stages": ["simplify", "fuse", {"int8": {"per_channel": False}}], "gates": dict(GATES)} | changes
+
+
+@pytest.mark.parametrize("name", ["cpu_int8", "gpu_fp16"])
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
+    assert recipe.name == name and recipe.output == Path("runs") / name
+    assert [s.name for s in recipe.stages] == ["simplify", "fuse", "int8" if name == "cpu_int8" else "fp16"]
+    assert recipe.model == Path("artifacts/firered-aed-tiny") and recipe.data == Path("calibration/eval")
+    assert recipe.provider == ("cpu" if name == "cpu_int8" else "cuda")
+    assert to_dict(recipe)["stages"][0] == {"simplify": dataclasses.asdict(recipe.stages[0].config)}
+
+
+def test_defaults_and_typed_stage_config(tmp_path):
+    recipe = load_recipe(write(tmp_path, base(), "my_recipe.yaml"))
+    assert recipe.name == "my_recipe" and recipe.output == Path("runs/my_recipe")
+    assert recipe.model == default("model") and recipe.provider == "cpu"
+    assert isinstance(recipe.stages[2].config, Int8Config) and recipe.stages[2].config.per_channel is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.threads = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "recipe, fragments",
+    [
+        (base(modle="x"), ["unknown key 'modle'", "did you mean 'model'?"]),
+        (base(gates=GATES | {"min_speedupp": 1.0}), ["gates: unknown key 'min_speedupp'", "'min_speedup'"]),
+        (base(stages=["simplfy"]), ["unknown stage 'simplfy'", "'simplify'"]),
+        (base(stages=[{"int8": {"per_chanel": True}}]), ["stages[0].int8: unknown key 'per_chanel'", "'per_channel'"]),
+        (base(decode={"beam": 3}), ["decode: unknown key 'beam'", "'beam_size'"]),
+        (base(threads="two"), ["threads is 'two', expected int"]),
+        (base(threads=True), ["threads is True, expected int"]),
+        (base(stages=[{"int8": {"nodes_to_exclude": "a*"}}]), ["nodes_to_exclude is 'a*', expected a list"]),
+        (base(gates={"min_speedup": 1.0}), ["gates lacks max_error_rate_increase, min_token_agreement"]),
+        (base(gates=GATES | {"min_token_agreement": 97}), ["out of range"]),
+        (base(data=None), ["data is empty but evaluation.mode is full"]),
+        (base(provider="cuda"), ["stage int8 with provider cuda"]),
+        (base(provider="tpu"), ["provider is 'tpu'"]),
+        (base(evaluation={"mode": "fast"}), ["evaluation.mode is 'fast'"]),
+        (base(decode={"beam_size": 0}), ["beam_size=0"]),
+        ({"gates": GATES}, ["`stages` must be a list"]),
+    ],
+)
+def test_invalid_recipes_say_what_and_how(tmp_path, recipe, fragments):
+    with pytest.raises(OptimizeError) as e:
+        load_recipe(write(tmp_path, recipe))
+    for fragment in fragments:
+        assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(OptimizeError, match="cannot read recipe"):
+        load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("stages: [simplify\n")
+    with pytest.raises(OptimizeError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_overrides_replace_and_revalidate(tmp_path):
+    recipe = load_recipe(write(tmp_path, base(evaluation={"mode": "parity_only"})))
+    changed = dataclasses.replace(recipe, model=Path("elsewhere"), data=None, output=Path("out"))
+    assert changed.model == Path("elsewhere") and changed.data is None and changed.stages == recipe.stages
+    full = load_recipe(write(tmp_path, base()))
+    with pytest.raises(OptimizeError, match="data is empty"):
+        dataclasses.replace(full, data=None)
+    assert isinstance(full, Recipe)

@@ -1,0 +1,152 @@
+"""Full-size tooling at tiny dims: the random AED-L maker, the external-data (> 2 GB) path
+through quantize_dynamic, ORT and sherpa-onnx, and the side-by-side CPU benchmark.
+
+Thresholds: int8 against its fp32 input as in test_stage_int8 (cross K/V relative error
+< 0.05, teacher-forced logits cosine > 0.999); sherpa-onnx's greedy tokens identical to
+ours on the same audio; an allocation of 256 MiB seen by the memory sampler within 10%.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stage_helpers import probe_parity
+
+from optimize import contract, graph
+from optimize.evaluate.memory import PeakRss
+from optimize.runtime.recognizer import Recognizer
+from optimize.runtime.search import DecodeConfig
+from optimize.runtime.tokens import TokenTable
+
+torch = pytest.importorskip("torch")
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY_ARGS = ["--d-model", "64", "--heads", "4", "--enc-layers", "2", "--dec-layers", "2", "--kernel-size", "5", "--vocab", "60"]
+
+
+@pytest.fixture(scope="module")
+def make_aed_l():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import make_aed_l
+
+        yield make_aed_l
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_peak_rss_sees_a_short_allocation():
+    with PeakRss() as mem:
+        with mem.phase("alloc") as p:
+            block = np.ones(256 << 20, dtype=np.uint8)
+            del block
+        with mem.phase("idle"):
+            pass
+    grew = p.peak_bytes - p.start_bytes
+    assert 0.9 * (256 << 20) < grew < 1.1 * (256 << 20) + (32 << 20)
+    assert mem.phases["idle"].peak_bytes < p.peak_bytes
+
+
+def test_random_checkpoint_is_official_and_never_emits_eos(make_aed_l, tmp_path):
+    from tests.test_export import official_model
+
+    dims = make_aed_l.dims_of(make_aed_l.parse_args([str(tmp_path), *TINY_ARGS]))
+    make_aed_l.make_checkpoint(tmp_path / "ckpt", dims, seed=3)
+    off = official_model(tmp_path / "ckpt")  # strict load with fireredasr's own classes
+    eos = off.decoder.eos_id
+    assert not off.decoder.tgt_word_emb.weight[eos].any()
+    feats = torch.randn(1, 300, 80)
+    with torch.no_grad():
+        enc, _, mask = off.encoder(feats, torch.tensor([300]))
+        hyp = off.decoder.batch_beam_search(enc, mask, beam_size=1, decode_max_len=20)[0][0]["yseq"]
+    assert len(hyp) == 20 and eos not in hyp.tolist()  # ran every step: eos never won
+    assert make_aed_l.parameter_count(tmp_path / "ckpt")["total"] == sum(p.numel() for p in off.parameters())
+
+
+@pytest.fixture(scope="module", params=["int8 external", "int8 inline"])
+def external_pairs(request, tiny_ckpt, tmp_path_factory, make_aed_l):
+    """fp32 pair exported through the > 2 GB branch (forced), and its int8 version.
+
+    "int8 inline" is the AED-L encoder's case: external fp32 input, single-file int8 output.
+    """
+    from optimize.export import exporter
+
+    root = tmp_path_factory.mktemp("external")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exporter, "EXTERNAL_DATA_BYTES", 0)
+        exporter.export_checkpoint(tiny_ckpt, root / "fp32")
+        mp.setattr(graph, "PROTO_LIMIT_BYTES", 0 if request.param == "int8 external" else 10**9)
+        record = make_aed_l.quantize_pair(root / "fp32", root / "int8", "QInt8", True)
+    return root / "fp32", root / "int8", record, request.param == "int8 external"
+
+
+def test_external_data_export_survives_quantize_dynamic(tiny_pair, external_pairs):
+    fp32, int8, record, int8_external = external_pairs
+    for fname in (contract.ENCODER_FILE, contract.DECODER_FILE):
+        assert [p.name for p in graph.external_files(fp32 / fname)] == [fname + ".data"]
+        want = [fname + ".data"] if int8_external else []
+        assert [p.name for p in graph.external_files(int8 / fname)] == want
+        assert record[fname]["external_data"] is int8_external
+        ref, got = graph.load(fp32 / fname, load_external=False), graph.load(int8 / fname, load_external=False)
+        assert graph.metadata(got) == graph.metadata(ref)  # byte-for-byte, no `onnx.infer`
+        assert graph.op_counts(got).get("MatMulInteger", 0) > 0
+    assert sorted(p.name for p in int8.iterdir()) == sorted(
+        ["encoder.onnx", "decoder.onnx", "tokens.txt"] + (["encoder.onnx.data", "decoder.onnx.data"] if int8_external else [])
+    )
+    assert probe_parity(tiny_pair, fp32).cross_kv_rel_error < 1e-6  # external data changes nothing
+    p = probe_parity(fp32, int8)
+    assert p.cross_kv_rel_error < 0.05
+    assert p.teacher_forced_cosine > 0.999
+
+
+def _sherpa_tokens(pair: Path, samples: np.ndarray) -> list[str]:
+    sherpa_onnx = pytest.importorskip("sherpa_onnx")
+    rec = sherpa_onnx.OfflineRecognizer.from_fire_red_asr(
+        encoder=str(pair / contract.ENCODER_FILE), decoder=str(pair / contract.DECODER_FILE),
+        tokens=str(pair / contract.TOKENS_FILE), num_threads=1,
+    )  # fmt: skip
+    stream = rec.create_stream()
+    stream.accept_waveform(16000, samples)
+    rec.decode_stream(stream)
+    return list(stream.result.tokens)
+
+
+@pytest.mark.parametrize("which", ["fp32", "int8"])
+def test_sherpa_onnx_loads_external_data_from_another_directory(external_pairs, which, tmp_path, monkeypatch):
+    pair = external_pairs[0] if which == "fp32" else external_pairs[1]
+    monkeypatch.chdir(tmp_path)  # external data must resolve next to the .onnx, not in the cwd
+    samples = (np.random.default_rng(1).standard_normal(3 * 16000) * 0.1).astype(np.float32)
+    theirs = _sherpa_tokens(pair, samples)
+    assert theirs  # 3 s at sherpa's default cap: up to 24 steps
+    rec = Recognizer(pair, DecodeConfig(beam_size=1, max_len=len(theirs)), threads=1)
+    symbols = TokenTable.read(pair / contract.TOKENS_FILE).symbols
+    ours = rec.recognize_features([rec.features(samples * 32768)])[0].tokens  # ours takes int16-scale samples
+    assert [symbols[i] for i in ours] == theirs
+
+
+def test_cpu_benchmark_runs_end_to_end(tmp_path):
+    root = tmp_path / "models"
+    run = lambda *a: subprocess.run([sys.executable, *map(str, a)], capture_output=True, text=True, timeout=600)  # noqa: E731
+    made = run(BENCHMARKS / "make_aed_l.py", root, *TINY_ARGS)
+    assert made.returncode == 0, made.stderr[-3000:]
+    report = json.loads((root / "make_aed_l.json").read_text())
+    assert set(report["steps"]) == {"ckpt", "fp32", "fp32-v1", "int8", "int8-v1"}
+    assert all(r["max_rss_gib"] > r["baseline_rss_gib"] for r in report["steps"].values())
+
+    out = tmp_path / "bench.json"
+    bench = run(BENCHMARKS / "cpu_benchmark.py", root, "--steps", 2, "--repeats", 1, "--frames", 300, "--profile", "always", "--json", out)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["systems"]) == ["official-eager", "ours-fp32", "ours-int8", "sherpa-int8", "sherpa-v1-int8"]
+    for name, t in result["systems"].items():
+        assert t["encoder_ms"] > 0 and t["e2e_s"] > 0 and t["steps"] == 2, name
+        assert t["rtf"] == pytest.approx(t["e2e_s"] / 3.0)
+    assert {r["steps"] for r in result["systems"]["sherpa-v1-int8"]["raw"].values()} == {2, 5, 8}  # caps 1, 2, 3 per s over 298 frames
+    assert "e2e speedup int8 vs official eager" in result["ratios"] and result["targets"]
+    assert {o["op"] for o in result["profile_ours_int8"]["decoder"]["by_op"]} >= {"DynamicQuantizeMatMul"}
+    assert "| ours-int8 |" in bench.stdout
