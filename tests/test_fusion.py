@@ -8,6 +8,7 @@ their own caches. Threshold: max |fused - unfused| <= 1e-4 x max |unfused| per o
 from __future__ import annotations
 
 import collections
+import json
 
 import numpy as np
 import onnx
@@ -128,6 +129,7 @@ def test_one_fused_attention_per_encoder_layer(encoders):
     assert (report.candidates, report.fused, report.skipped) == (layers, layers, ())
     assert report.by_role == {"encoder_self": layers}
     assert [x.layer for x in report.layers] == list(range(layers))
+    assert json.loads(json.dumps(report.to_json()))["by_role"] == {"encoder_self": layers}
     assert _ops(fused)["MultiHeadAttention"] == layers and _ops(fused)["Softmax"] == 0
     assert len(unfused.graph.node) - report.nodes_removed + report.nodes_added == len(fused.graph.node)
 

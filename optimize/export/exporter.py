@@ -68,27 +68,30 @@ class DecoderStepGraph(nn.Module):
     def forward(self, tokens, k_cache, v_cache, cross_k, cross_v, offset, cross_attn_mask):
         dec = self.decoder
         s = k_cache.size(2)
-        positions = torch.arange(s)
-        write = (positions == offset).view(1, s, 1, 1)
-        self_bias = torch.zeros(s).masked_fill(positions > offset, float("-inf")).view(1, 1, 1, s)
+        write = (torch.arange(s) == offset).view(1, 1, s, 1, 1)
+        # Self-attention reads positions [0, offset): slice them once for all layers (a Gather
+        # per layer of the full cache becomes a Split that copies all of it) and append the
+        # new K/V, so no -inf bias and no work on positions after offset, whatever S is.
+        past_k, past_v = k_cache[:, :, : offset[0]], v_cache[:, :, : offset[0]]
         x = dec.embed(tokens, offset)
         new_k, new_v = [], []
         for i, layer in enumerate(dec.layer_stack):
             attn = layer.self_attn
             h = layer.self_attn_norm(x)
             n = h.size(0)
-            k_i = torch.where(write, attn.w_ks(h).view(n, 1, attn.n_head, attn.d_k), k_cache[i])
-            v_i = torch.where(write, attn.w_vs(h).view(n, 1, attn.n_head, attn.d_k), v_cache[i])
-            new_k.append(k_i)
-            new_v.append(v_i)
+            new_k.append(attn.w_ks(h).view(n, 1, attn.n_head, attn.d_k))
+            new_v.append(attn.w_vs(h).view(n, 1, attn.n_head, attn.d_k))
+            k_i = torch.cat([past_k[i], new_k[-1]], dim=1)  # (N, offset + 1, H, Dh)
+            v_i = torch.cat([past_v[i], new_v[-1]], dim=1)
             q = attn.heads(attn.w_qs(h))
-            x = x + attn.attend(q, k_i.transpose(1, 2), v_i.transpose(1, 2), self_bias)
+            x = x + attn.attend(q, k_i.transpose(1, 2), v_i.transpose(1, 2), 0.0)
             cross = layer.cross_attn
             q = cross.heads(cross.w_qs(layer.cross_attn_norm(x)))
             x = x + cross.attend(q, cross.heads(cross_k[i]), cross.heads(cross_v[i]), cross_attn_mask)
             x = x + layer.mlp(layer.mlp_norm(x))
         logits = dec.tgt_word_prj(dec.layer_norm_out(x))
-        return logits, torch.stack(new_k), torch.stack(new_v)
+        # one Where per cache writes every layer's new K/V at offset (was: a Where per layer, then a stack)
+        return logits, torch.where(write, torch.stack(new_k), k_cache), torch.where(write, torch.stack(new_v), v_cache)
 
 
 def metadata(ckpt: Checkpoint, fixed_cache_len: int | None) -> dict[str, str]:
