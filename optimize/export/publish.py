@@ -40,6 +40,7 @@ def sha256(path: Path) -> str:
 
 def publish(ckpt_dir: Path, out_dir: Path, lang_dir: Path | None, train_log: Path | None) -> Path:
     ckpt = load_checkpoint(ckpt_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
         stage = Path(tmp) / out_dir.name
         save_checkpoint(stage / "checkpoint", ckpt.model, ckpt.cmvn_stats, ckpt.tokens, dtype=torch.float16)
