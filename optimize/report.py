@@ -15,7 +15,7 @@ from optimize import cache
 JSON, MARKDOWN, PLOT = "report.json", "report.md", "report.png"
 
 
-def header(recipe, resolved: dict, provider: str, representative: bool, timed: str) -> dict:
+def header(recipe, resolved: dict, provider: str, representative: bool, timed: str, speedup_basis: str) -> dict:
     """The run-level part of report.json."""
     return {
         "recipe": recipe.name,
@@ -25,6 +25,7 @@ def header(recipe, resolved: dict, provider: str, representative: bool, timed: s
         "target_provider": recipe.provider,
         "rtf_representative": representative,
         "rtf_timed": timed,
+        "speedup_basis": speedup_basis,
         "threads": recipe.threads,
         "evaluation": recipe.evaluation.mode,
         "gates": resolved["gates"],
@@ -80,7 +81,8 @@ def markdown(report: dict) -> str:
         "",
         f"model `{report['model']}`, data `{report['data']}`, provider {report['provider']} "
         f"(recipe targets {report['target_provider']}), {report['threads']} thread(s), evaluation {report['evaluation']}.",
-        f"RTF: {report['rtf_timed']}; CPU RTF counts this process's CPU seconds instead of wall-clock."
+        f"RTF: {report['rtf_timed']}; CPU RTF counts this process's CPU seconds instead of wall-clock; "
+        f"speedup compares {'CPU RTF' if report['speedup_basis'] == 'cpu_rtf' else 'RTF'} with the baseline's."
         + ("" if report["rtf_representative"] else " **Not representative: not run on the target provider.**"),
         f"Gates: {', '.join(f'{k} {v}' for k, v in report['gates'].items())}.",
         "",

@@ -86,3 +86,16 @@ def test_fuse_with_shape_inference_breaks_the_encoder_and_the_run_says_so(tiny_p
     recipe = tiny_recipe(tmp_path / "r.yaml", tiny_pair, [{"fuse": {"enable_shape_inference": True}}], tmp_path / "run")
     assert_one_line_failure(cli("run", recipe), "stage fuse failed load: onnxruntime failed at run time", "broadcast")
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_fuse_with_firered_attention_matches_its_input(tiny_pair, tmp_path):
+    dst = tmp_path / "out"
+    out = fuse.run(tiny_pair, dst, fuse.FuseConfig(firered_fusions=("attention",)))
+    assert_contract_kept(tiny_pair, dst)
+    p = probe_parity(tiny_pair, dst)
+    assert p.cross_kv_rel_error < 1e-4
+    assert p.teacher_forced_cosine > 0.99999
+    assert p.greedy_identical == 1.0
+    # one MultiHeadAttention per attention layer: 2 encoder blocks; 2 decoder layers x (self + cross)
+    assert out.details["fused_ops"]["encoder"].get("MultiHeadAttention", 0) == 2
+    assert out.details["fused_ops"]["decoder"].get("MultiHeadAttention", 0) == 4

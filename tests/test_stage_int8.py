@@ -90,3 +90,11 @@ def test_int8_gate_that_cannot_be_met(tiny_pair, tmp_path):
     assert_one_line_failure(cli("run", recipe), "stage int8 failed", "min_speedup 1000")
     assert not (tmp_path / "run" / "final").exists()
     assert (tmp_path / "run" / "1-int8" / "encoder.onnx").is_file()
+
+
+def test_int8_can_keep_the_decoder_float(tiny_pair, tmp_path):
+    out = int8.run(tiny_pair, tmp_path / "out", int8.Int8Config(graphs=("encoder",)))
+    assert (tmp_path / "out" / "decoder.onnx").read_bytes() == (tiny_pair / "decoder.onnx").read_bytes()
+    assert out.details["encoder"]["quantized"]["MatMulInteger"] > 0 and "decoder kept in float (int8.graphs)" in out.notes
+    with pytest.raises(OptimizeError, match="int8.graphs"):
+        int8.Int8Config(graphs=("joiner",))

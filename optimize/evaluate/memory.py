@@ -111,7 +111,12 @@ class PeakRss:
         args = (os.getpid(), self._mask, self._peaks, ready, self._stop, self.interval_s)
         self._proc = ctx.Process(target=_sampler, args=args, daemon=True)
         self._proc.start()
-        ready.wait()  # phases opened before the first sample would be missed
+        while not ready.wait(0.1):  # phases opened before the first sample would be missed
+            if not self._proc.is_alive():
+                raise RuntimeError(
+                    f"the memory sampler process exited with code {self._proc.exitcode} before sampling; "
+                    "a script using PeakRss must guard its entry point with `if __name__ == '__main__':` (spawn re-imports it)"
+                )
         return self
 
     def __exit__(self, *exc) -> None:

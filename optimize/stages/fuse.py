@@ -27,7 +27,15 @@ from optimize.stages import StageOutput, transform_pair
 # (optimize/fusion: rel-pos MHA with the q+u bias, scale*bd bias, key-padding mask) plugs
 # in as  FIRERED_FUSIONS["attention"] = lambda m, role: fuse_attention(m, role).to_json()
 FusionPass = Callable[[onnx.ModelProto, str], dict]
-FIRERED_FUSIONS: dict[str, FusionPass] = {}
+FIRERED_FUSIONS: dict[str, FusionPass] = {
+    "attention": lambda model, role: _fuse_attention(model, role).to_json(),
+}
+
+
+def _fuse_attention(model: onnx.ModelProto, role: str):
+    from optimize.fusion import fuse_attention  # lazy: the fusion package is only needed here
+
+    return fuse_attention(model, role)
 
 # Op types the report counts as "fused" (ORT contrib ops produced by fusion).
 FUSED_OPS = (

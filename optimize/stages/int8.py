@@ -8,6 +8,7 @@ MatMulIntegerToFloat at load (ort-toolchain.md E7). A CPU artifact: use fp16 on 
 from __future__ import annotations
 
 import fnmatch
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,9 @@ class Int8Config:
     nodes_to_exclude: tuple[str, ...] = ()
     # quantize only MatMuls with a constant B, so attention score/context MatMuls stay float
     matmul_const_b_only: bool = True
+    # graphs to quantize; the others are copied unchanged. Keeping a small decoder fp32 is
+    # the cheap fix when int8 logits flip greedy tokens (ort-toolchain.md §3.3, mitigation 5)
+    graphs: tuple[str, ...] = ("encoder", "decoder")
 
     def __post_init__(self):
         bad = [op for op in self.op_types if op not in DYNAMIC_OPS]
@@ -47,6 +51,8 @@ class Int8Config:
             raise OptimizeError(f"int8.op_types {list(self.op_types)} has ops dynamic quantization cannot quantize: {bad}", f"use some of {', '.join(DYNAMIC_OPS)}")
         if self.weight_type not in WEIGHT_TYPES:
             raise OptimizeError(f"int8.weight_type is {self.weight_type!r}", f"use one of {', '.join(WEIGHT_TYPES)}")
+        if not self.graphs or set(self.graphs) - set(GRAPHS):
+            raise OptimizeError(f"int8.graphs is {list(self.graphs)}", f"name one or both of {', '.join(GRAPHS)}")
         if self.reduce_range not in (True, False, "auto"):
             raise OptimizeError(f"int8.reduce_range is {self.reduce_range!r}", "use true, false or auto (on only without VNNI)")
 
@@ -78,6 +84,11 @@ def _quantize_graph(cfg: Int8Config, reduce_range: bool, record: dict):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         model = graph.load(src, load_external=False)
+        if role not in cfg.graphs:
+            record[role] = {"excluded_nodes": "all (not in int8.graphs)"}
+            for f in graph.files_of(src):
+                shutil.copyfile(f, out.parent / f.name)
+            return [f"{role} kept in float (int8.graphs)"]
         excluded = _excluded(model, cfg.nodes_to_exclude)
         record[role] = {"excluded_nodes": excluded}
         try:
@@ -112,6 +123,6 @@ def run(src: Path, dst: Path, cfg: Int8Config) -> StageOutput:
     before, after, notes = transform_pair(src, dst, "int8", _quantize_graph(cfg, reduce_range, record))
     for role in after:
         record[role]["quantized"] = {op: after[role].get(op, 0) for op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")}
-    if not any(after[r].get("DynamicQuantizeLinear", 0) for r in after):
+    if not any(after[r].get("DynamicQuantizeLinear", 0) for r in cfg.graphs):
         notes += ("quantize_dynamic quantized no node",)
     return StageOutput(before, after, notes, {"reduce_range": reduce_range, **record})
