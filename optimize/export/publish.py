@@ -26,7 +26,7 @@ from optimize.export.exporter import export_checkpoint
 HOW = (
     "python -m optimize.corpus synth (train seed 1, 12000 utts; dev seed 2, 200 utts); "
     "python -m optimize.corpus tokenizer; python -m optimize.export.train; "
-    "python -m optimize.export.publish; see calibration/README.md and artifacts/README.md"
+    "python -m optimize.export.publish; see calibration/README.md and artifacts/README.md (artifacts/reproduce.sh)"
 )
 
 
