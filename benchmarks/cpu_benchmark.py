@@ -31,6 +31,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -217,6 +218,9 @@ def time_sherpa(pair_dir: Path, seconds: float, args: argparse.Namespace) -> dic
     step_s, rest_s = np.polyfit(n, t, 1)  # least squares: seconds = rest + steps x step
     timed = (f"whole decode of {seconds:g} s audio at {', '.join(map(str, n))} steps; step = fitted slope, "
              f"encoder = intercept (fbank + encoder + set-up)")  # fmt: skip
+    if step_s <= 0:  # noise larger than the decoder's share: no step time to report
+        step_s = rest_s = float("nan")
+        timed += f"; NOT MEASURED: times {[round(v, 4) for v in t]} s did not grow with the steps"
     return dict(runtime=f"sherpa-onnx {sherpa_onnx.__version__} (bundled onnxruntime)", encoder_s=float(rest_s),
                 step_s=float(step_s), load_s=load_s, timed=timed, raw=raw)  # fmt: skip
 
@@ -345,8 +349,21 @@ def profile_markdown(profile: dict, top: int = 10) -> str:
     return "\n".join(lines)
 
 
+def contention(threads: int) -> dict:
+    """Load average against free cores: timings taken while other work holds the cores are not comparable.
+
+    Thread pools with barriers (OpenMP, ORT) degrade far more than proportionally when
+    a core they wait on is taken by another process: on a 2-core machine running a
+    2-core job, 2-thread timings came out 10-100x slower and out of order.
+    """
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    return {"cores": cores, "load_avg_1min": load, "busy": load > cores - threads + 0.5}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    busy_before = contention(args.threads)
     x = features(args.frames)
     rows: dict[str, Timing] = {}
     with PeakRss() as mem:
@@ -355,9 +372,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: encoder {rows[name].encoder_ms:.1f} ms, step {rows[name].step_ms:.2f} ms", file=sys.stderr)
     r = ratios(rows)
     checks = check_targets(r)
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "host": platform.platform(), "systems": {k: asdict(v) for k, v in rows.items()},
-              "ratios": r, "targets": checks}  # fmt: skip
+    busy = [busy_before, contention(args.threads)]
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "host": platform.platform(), "contention": busy,
+              "systems": {k: asdict(v) for k, v in rows.items()}, "ratios": r, "targets": checks}  # fmt: skip
     text = markdown(rows, r, checks, args)
+    if any(b["busy"] for b in busy):
+        text = (f"WARNING: load average {max(b['load_avg_1min'] for b in busy):.1f} on {busy[0]['cores']} cores with "
+                f"{args.threads} threads: other processes held the cores, these timings are not comparable\n\n") + text
     missed = any(not c["met"] for c in checks.values())
     if "ours-int8" in rows and (args.profile == "always" or (args.profile == "on-miss" and missed)):
         out = (args.json or args.root / "cpu_benchmark.json").parent / "profiles"
