@@ -22,10 +22,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from optimize import contract
-from optimize.runtime.session import OrtPair, load_session
+from optimize.runtime.session import OrtPair, decoder_feed, load_session
 
 _X, _X_LEN = (name for name, _ in contract.ENCODER_INPUTS)
-_TOKENS, _K_CACHE, _V_CACHE, _CROSS_K, _CROSS_V, _OFFSET = (name for name, _ in contract.DECODER_INPUTS)
 _LOGITS, _OUT_K, _OUT_V = (name for name, _ in contract.DECODER_OUTPUTS)
 _ENC_OUTPUTS = tuple(name for name, _ in contract.ENCODER_OUTPUTS)
 # Opset 17 / IR 8 like the exported pair: every ORT release that runs the pair runs these.
@@ -142,16 +141,7 @@ class BoundPair:
         cross_mask: shape = (N, 1, 1, T'), float32, 0 valid / -inf padded, or None.
         returns: logits shape = (N, 1, V), float32, on the host, and the new caches on the device.
         """
-        feed = {
-            _TOKENS: tokens,
-            _K_CACHE: k_cache,
-            _V_CACHE: v_cache,
-            _CROSS_K: cross_k,
-            _CROSS_V: cross_v,
-            _OFFSET: np.array([offset], dtype=np.int64),
-        }
-        if cross_mask is not None:
-            feed[contract.CROSS_MASK] = cross_mask
+        feed = decoder_feed(tokens, k_cache, v_cache, cross_k, cross_v, offset, cross_mask)
         logits, k_cache, v_cache = self._run(self.pair.decoder, feed, host_outputs=(_LOGITS,), device_outputs=(_OUT_K, _OUT_V))
         return logits.numpy(), k_cache, v_cache
 

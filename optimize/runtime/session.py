@@ -222,18 +222,9 @@ class OrtPair:
         cross_mask: shape = (N, 1, 1, T'), float32, 0 valid / -inf padded; only for pairs with has_cross_mask.
         returns: logits shape = (N, 1, V), float32, and the caches with position `offset` written.
         """
-        feed = {
-            _TOKENS: tokens,
-            _K_CACHE: k_cache,
-            _V_CACHE: v_cache,
-            _CROSS_K: cross_k,
-            _CROSS_V: cross_v,
-            _OFFSET: np.array([offset], dtype=np.int64),
-        }
-        if cross_mask is not None:
-            if not self.has_cross_mask:
-                raise OptimizeError("this decoder has no cross_attn_mask input", "decode with batch_size 1")
-            feed[contract.CROSS_MASK] = cross_mask
+        if cross_mask is not None and not self.has_cross_mask:
+            raise OptimizeError("this decoder has no cross_attn_mask input", "decode with batch_size 1")
+        feed = decoder_feed(tokens, k_cache, v_cache, cross_k, cross_v, offset, cross_mask)
         logits, k_cache, v_cache = self.decoder.run(_DEC_OUTPUTS, feed)
         return logits, k_cache, v_cache
 
@@ -246,3 +237,12 @@ class OrtPair:
 def _fixed(dim) -> int | None:
     """A static ONNX dim as int, None for a symbolic/unknown one."""
     return dim if isinstance(dim, int) else None
+
+
+def decoder_feed(tokens, k_cache, v_cache, cross_k, cross_v, offset: int, cross_mask=None) -> dict:
+    """The decoder's inputs by contract name (numpy arrays or OrtValues); the mask only when given."""
+    feed = {_TOKENS: tokens, _K_CACHE: k_cache, _V_CACHE: v_cache, _CROSS_K: cross_k, _CROSS_V: cross_v,
+            _OFFSET: np.array([offset], dtype=np.int64)}  # fmt: skip
+    if cross_mask is not None:
+        feed[contract.CROSS_MASK] = cross_mask
+    return feed
