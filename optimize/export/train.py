@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from optimize.corpus.manifest import read_manifest
 from optimize.corpus.tokenizer import Tokenizer
 from optimize.export.checkpoint import read_dict, save_checkpoint
+from optimize.evaluate.wer import edit_distance
 from optimize.export.model import AedDims, FireRedAsrAed, encoder_lengths
 from optimize.runtime.audio import load_audio
 from optimize.runtime.features import apply_cmvn, cmvn_from_stats, cmvn_stats, fbank
@@ -182,23 +183,13 @@ def greedy_decode(model: FireRedAsrAed, x, x_len, max_len: int) -> list[list[int
     return [[t for t in row[1:].tolist() if t != d.eos_id] for row in ys]
 
 
-def _edit_distance(a: list, b: list) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
-
-
 def dev_error(model, feats, ids, batch_frames: int) -> float:
     """Token error rate (%) of greedy decoding on the dev split."""
     errors = total = 0
     for idx in make_batches([len(f) for f in feats], batch_frames, np.random.default_rng(0), sort_all=True):
         x, x_len, *_ = collate(feats, ids, idx, 3, 4, 2, None)
         for i, hyp in zip(idx, greedy_decode(model, x, x_len, max(len(ids[i]) for i in idx) + 10)):
-            errors += _edit_distance(ids[i], hyp)
+            errors += edit_distance(ids[i], hyp)
             total += len(ids[i])
     return 100.0 * errors / max(total, 1)
 
