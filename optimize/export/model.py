@@ -158,12 +158,18 @@ class ConformerConvolution(nn.Module):
         self.dropout = nn.Dropout(dropout_rate)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """x: (N, T, d); keep: (N, 1, T) float 1 valid / 0 padded."""
-        out = self.pre_layer_norm(x).transpose(1, 2) * keep
-        out = self.depthwise_conv(F.glu(self.pointwise_conv1(out), dim=1))
-        out = F.silu(self.batch_norm(out.transpose(1, 2))).transpose(1, 2)
-        out = self.dropout(self.pointwise_conv2(out)) * keep
-        return out.transpose(1, 2) + x
+        """x: (N, T, d); keep: (N, 1, T) float 1 valid / 0 padded.
+
+        The 1x1 convolutions run as channel-last matmuls (same weights, same sums):
+        exported as MatMul they are what dynamic int8 quantization covers, and
+        two of the three layout transposes disappear.
+        """
+        keep_t = keep.transpose(1, 2)  # (N, T, 1)
+        out = F.glu(F.linear(self.pre_layer_norm(x) * keep_t, self.pointwise_conv1.weight.squeeze(-1)), dim=-1)
+        out = self.depthwise_conv(out.transpose(1, 2)).transpose(1, 2)
+        out = F.silu(self.batch_norm(out))
+        out = self.dropout(F.linear(out, self.pointwise_conv2.weight.squeeze(-1))) * keep_t
+        return out + x
 
 
 class RelPosEmbConformerBlock(nn.Module):

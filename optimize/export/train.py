@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from optimize.corpus.manifest import read_manifest
 from optimize.corpus.tokenizer import Tokenizer
-from optimize.export.checkpoint import read_dict, save_checkpoint
+from optimize.export.checkpoint import load_checkpoint, read_dict, save_checkpoint
 from optimize.evaluate.wer import edit_distance
 from optimize.export.model import AedDims, FireRedAsrAed, encoder_lengths
 from optimize.runtime.audio import load_audio
@@ -53,6 +53,8 @@ class TrainConfig:
     max_minutes: float = 80.0
     seed: int = 1
     threads: int = 2
+    init_step: int = 0  # continuing from a saved model: the schedule resumes at this step
+    restart_warmup: int = 100  # fresh optimizer moments: ramp up to the resumed rate
 
 
 def _features(path: str) -> np.ndarray:
@@ -133,7 +135,18 @@ class Trainer:
 
     def lr(self) -> float:
         s = max(self.step, 1)
-        return self.cfg.peak_lr * min(s / self.cfg.warmup_steps, math.sqrt(self.cfg.warmup_steps / s))
+        rate = self.cfg.peak_lr * min(s / self.cfg.warmup_steps, math.sqrt(self.cfg.warmup_steps / s))
+        if self.cfg.init_step:
+            rate *= min(1.0, (self.step - self.cfg.init_step + 1) / self.cfg.restart_warmup)
+        return rate
+
+    def init_from(self, ckpt_dir: Path) -> None:
+        """Start from a saved official-format model (the CTC head, never saved, starts fresh)."""
+        ckpt = load_checkpoint(ckpt_dir)
+        if ckpt.dims != self.dims:
+            raise SystemExit(f"--init {ckpt_dir}: dims {ckpt.dims} differ from the training config {self.dims}")
+        self.model.load_state_dict({k: v.float() for k, v in ckpt.model.state_dict().items()})
+        self.step = self.cfg.init_step
 
     def loss(self, x, x_len, ys_in, ys_out, targets):
         logits, enc, _ = self.model(x, x_len, ys_in)
@@ -199,7 +212,7 @@ def _normalize(feats: list[np.ndarray], mean, inv_std) -> list[np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = TrainConfig(max_minutes=args.max_minutes, seed=args.seed)
+    cfg = TrainConfig(max_minutes=args.max_minutes, seed=args.seed, threads=args.threads, init_step=args.init_step if args.init else 0)
     torch.set_num_threads(cfg.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,6 +232,10 @@ def run(args: argparse.Namespace) -> None:
     if (out / "last.pt").exists():
         trainer.load(torch.load(out / "last.pt", weights_only=False))
         print(f"resumed at step {trainer.step}, epoch {trainer.epoch}, best dev {trainer.best:.2f}", flush=True)
+    elif args.init:
+        trainer.init_from(Path(args.init))
+        trainer.epoch = 1  # shuffled batches, not the sorted first epoch
+        print(f"initialized from {args.init}; schedule resumes at step {trainer.step}", flush=True)
     start = time.time()
     log = open(out / "train.log", "a")
     lengths = [len(f) for f in train]
@@ -260,6 +277,9 @@ def main() -> None:
     p.add_argument("--out", required=True, help="work directory: feature caches, last.pt, best/ (official checkpoint)")
     p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch intra-op threads")
+    p.add_argument("--init", help="start from this official-format checkpoint dir (e.g. a published model) instead of random weights")
+    p.add_argument("--init-step", type=int, default=0, help="with --init: the step the learning-rate schedule resumes at")
     run(p.parse_args())
 
 
