@@ -153,6 +153,9 @@ def _judge(metrics: dict, baseline: dict | None, recipe: Recipe, provider: str, 
         failures.append(f"gate: error rate {er:.2f}% is {delta:+.2f} points over the baseline, max_error_rate_increase is {g.max_error_rate_increase}")
     if agreement is not None and agreement < g.min_token_agreement:
         failures.append(f"gate: token agreement {agreement:.3f} with the baseline is below min_token_agreement {g.min_token_agreement}")
+    cosine = ((metrics.get("parity") or {}).get("vs_baseline") or {}).get("teacher_forced_cosine")
+    if cosine is not None and cosine < g.min_logits_cosine:
+        failures.append(f"gate: teacher-forced logits cosine {cosine:.5f} with the baseline is below min_logits_cosine {g.min_logits_cosine}")
     if representative and speedup < g.min_speedup:
         failures.append(f"gate: speedup {speedup:.2f}x over the baseline ({basis}) is below min_speedup {g.min_speedup}")
     return {"delta_error_rate": delta, "speedup": speedup}, failures

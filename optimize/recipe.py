@@ -34,12 +34,15 @@ class Gates:
     max_error_rate_increase: float  # absolute error-rate points a stage may add over the baseline
     min_token_agreement: float  # fraction of utterances whose tokens must equal the baseline's
     min_speedup: float  # baseline RTF / stage RTF; judged only where the RTF is representative
+    # min cosine of teacher-forced decoder logits vs the baseline, worst step of any probe
+    # (0 = not gated); the accuracy gate of evaluation.mode parity_only
+    min_logits_cosine: float = 0.0
 
     def __post_init__(self):
-        if self.max_error_rate_increase < 0 or not 0 <= self.min_token_agreement <= 1 or self.min_speedup <= 0:
+        if self.max_error_rate_increase < 0 or not 0 <= self.min_token_agreement <= 1 or self.min_speedup <= 0 or not 0 <= self.min_logits_cosine <= 1:
             raise OptimizeError(
                 f"gates {dataclasses.asdict(self)} are out of range",
-                "use max_error_rate_increase >= 0, 0 <= min_token_agreement <= 1, min_speedup > 0",
+                "use max_error_rate_increase >= 0, 0 <= min_token_agreement <= 1, min_speedup > 0, 0 <= min_logits_cosine <= 1",
             )
 
 

@@ -98,6 +98,21 @@ def test_rerun_uses_the_cache_and_force_redoes(e2e):
     assert [r["outputs"] for r in report(run_dir)["stages"]] == before  # stages are deterministic
 
 
+def test_logits_cosine_gate_stops_the_run(e2e, tiny_pair, tmp_path):
+    # the gate parity_only runs rely on: int8 logits are close to fp32 but not equal
+    cosine = report(e2e[1])["stages"][-1]["parity"]["vs_baseline"]["teacher_forced_cosine"]
+    assert 0.99 < cosine < 1.0
+    gates = {"max_error_rate_increase": 0.5, "min_token_agreement": 0.0, "min_speedup": 0.01}
+    recipe = tiny_recipe(tmp_path / "strict.yaml", tiny_pair, STAGES, tmp_path / "run", gates=gates | {"min_logits_cosine": 1.0})
+    result = cli("run", recipe)
+    assert result.exit_code != 0
+    assert "teacher-forced logits cosine" in result.stderr and "below min_logits_cosine 1.0" in result.stderr
+    assert not (tmp_path / "run" / "final").exists()
+    assert not report(tmp_path / "run")["passed"]
+    recipe = tiny_recipe(tmp_path / "loose.yaml", tiny_pair, STAGES, tmp_path / "run2", gates=gates | {"min_logits_cosine": 0.99})
+    assert cli("run", recipe).exit_code == 0
+
+
 def test_killed_run_resumes_from_cache_with_same_hashes(e2e, tiny_pair, tmp_path):
     recipe = tiny_recipe(tmp_path / "kill.yaml", tiny_pair, STAGES, tmp_path / "run")
     proc = subprocess.Popen([sys.executable, "-m", "optimize.cli", "run", str(recipe)], stderr=subprocess.PIPE, text=True, start_new_session=True)
