@@ -1,0 +1,66 @@
+"""The training script's pieces: it learns, saves the official format, and continues from a saved model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import TINY_DIMS  # noqa: E402
+
+from optimize.export.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from optimize.export.model import AedDims  # noqa: E402
+from optimize.export.train import TrainConfig, Trainer, collate, dev_error  # noqa: E402
+
+DIMS = AedDims(**TINY_DIMS, residual_dropout=0.0, dropout_rate=0.0)
+
+
+def toy_batch(n: int = 4, frames: int = 60):
+    """Fixed features and token sequences (ids >= 5: no specials), one batch."""
+    rng = np.random.default_rng(0)
+    feats = [rng.standard_normal((frames - 7 * i, 80)).astype(np.float32) for i in range(n)]
+    ids = [list(rng.integers(5, DIMS.odim, 4 + i)) for i in range(n)]
+    return feats, ids
+
+
+def test_trainer_fits_one_batch():
+    feats, ids = toy_batch()
+    trainer = Trainer(TrainConfig(peak_lr=3e-3, warmup_steps=5, dropout=0.0), DIMS)
+    batch = collate(feats, ids, list(range(len(feats))), DIMS.sos_id, DIMS.eos_id, DIMS.pad_id, None)
+    first = trainer.train_step(batch)[0]
+    for _ in range(60):
+        last = trainer.train_step(batch)[0]
+    assert last < 0.5 * first
+    assert trainer.step == 61
+    assert dev_error(trainer.model, feats, ids, 12000) < 50.0  # greedy decoding recovers most tokens
+
+
+def test_init_from_saved_model_resumes_schedule(tmp_path):
+    feats, ids = toy_batch()
+    source = Trainer(TrainConfig(), DIMS)
+    stats = np.stack([np.r_[np.zeros(80), 10.0], np.r_[np.full(80, 10.0), 0.0]])
+    tokens = tuple(f"t{i}" for i in range(DIMS.odim))
+    save_checkpoint(tmp_path / "ckpt", source.model, stats, tokens, dtype=torch.float16)
+
+    cfg = TrainConfig(init_step=5000, restart_warmup=100)
+    trainer = Trainer(cfg, DIMS)
+    trainer.init_from(tmp_path / "ckpt")
+    saved = load_checkpoint(tmp_path / "ckpt").model.state_dict()
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
+    assert trainer.step == 5000
+    # a short ramp to the decayed rate (fresh optimizer moments), then the inverse-sqrt decay
+    decayed = cfg.peak_lr * (cfg.warmup_steps / 5000) ** 0.5
+    assert trainer.lr() == pytest.approx(decayed / 100)
+    trainer.step = 5099
+    assert trainer.lr() == pytest.approx(cfg.peak_lr * (cfg.warmup_steps / 5099) ** 0.5)
+
+
+def test_init_from_refuses_other_dims(tmp_path):
+    source = Trainer(TrainConfig(), DIMS)
+    stats = np.stack([np.r_[np.zeros(80), 10.0], np.r_[np.full(80, 10.0), 0.0]])
+    save_checkpoint(tmp_path / "ckpt", source.model, stats, tuple(f"t{i}" for i in range(DIMS.odim)))
+    other = Trainer(TrainConfig(init_step=10), AedDims(**(TINY_DIMS | {"n_layers_dec": 1})))
+    with pytest.raises(SystemExit, match="differ from the training config"):
+        other.init_from(tmp_path / "ckpt")
