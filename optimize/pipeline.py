@@ -93,6 +93,29 @@ def _transform(stage: Stage, src: Path, dst: Path) -> dict:
     return result
 
 
+def _evaluate_child(evaluator: Evaluator, stage_dir: str, input_dir: str | None, progress: Progress) -> tuple[dict, dict, float]:
+    """Body of the evaluation child: the metrics, the evaluator's probe runs (reused by later stages), peak RSS."""
+    import resource
+
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    metrics = evaluator.evaluate(Path(stage_dir), None if input_dir is None else Path(input_dir), progress)
+    return metrics, evaluator.probe_runs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | None, progress: Progress) -> dict:
+    """Evaluate in a fresh process, like the stages: the sessions' memory (several GB per
+    pair at AED-L size, kept by the allocator after the sessions close) leaves with it, so
+    the parent stays small while the next stage runs. Its peak RSS joins the metrics."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        job = pool.submit(_evaluate_child, evaluator, str(stage_dir), None if input_dir is None else str(input_dir), progress)
+        metrics, runs, peak_mb = job.result()
+    evaluator.probe_runs.update(runs)
+    return metrics | {"eval_peak_rss_mb": peak_mb}
+
+
 def _import_baseline(src: Path, dst: Path) -> dict:
     """Copy the input pair into the run directory: every later stage reads only the run's copies."""
     tmp = dst.with_name(dst.name + ".tmp")
@@ -133,7 +156,7 @@ def _evaluate(evaluator: Evaluator, record: dict, stage_dir: Path, input_dir: Pa
     cached = record.get("evaluation", {})
     if not force and cached.get("key") == key:
         return cached["metrics"]
-    metrics = evaluator.evaluate(stage_dir, input_dir, progress)
+    metrics = _evaluate_in_child(evaluator, stage_dir, input_dir, progress)
     cache.write_record(stage_dir, {k: v for k, v in record.items() if k != "cached"} | {"evaluation": {"key": key, "metrics": metrics}})
     return metrics
 
@@ -169,7 +192,8 @@ def _row(stage: Stage, stage_dir: Path, record: dict, metrics: dict, judged: dic
         "token_agreement": metrics.get("token_agreement", 1.0 if stage.name == BASELINE else None),
         "rtf": rtf.get("rtf"), "rtf_p50": rtf.get("p50"), "rtf_p90": rtf.get("p90"), "rtf_cpu": rtf.get("cpu_rtf"),
         "speedup": judged["speedup"],
-        "size_mb": metrics.get("size_mb"), "peak_rss_mb": record.get("peak_rss_mb"), "seconds": record.get("seconds"),
+        "size_mb": metrics.get("size_mb"), "peak_rss_mb": record.get("peak_rss_mb"), "eval_peak_rss_mb": metrics.get("eval_peak_rss_mb"),
+        "seconds": record.get("seconds"),
         "cached": record["cached"], "notes": record["output"].get("notes", []), "changes": record["output"].get("details"),
         "op_stats": metrics.get("op_stats"),
         "parity": metrics.get("parity"), "outputs": record["outputs"], "passed": not failures, "failures": failures,

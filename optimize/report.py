@@ -56,7 +56,7 @@ def _num(value, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-COLUMNS = ("stage", "error rate %", "Δ points", "agreement", "RTF", "p50", "p90", "CPU RTF", "speedup", "MB", "peak RSS MB", "fused", "Casts", "MatMulInteger", "passed")
+COLUMNS = ("stage", "error rate %", "Δ points", "agreement", "RTF", "p50", "p90", "CPU RTF", "speedup", "MB", "stage peak MB", "eval peak MB", "fused", "Casts", "MatMulInteger", "passed")
 
 
 def table_rows(report: dict) -> list[list[str]]:
@@ -68,7 +68,7 @@ def table_rows(report: dict) -> list[list[str]]:
             r["name"], _num(r.get("error_rate"), ".2f"), _num(r.get("delta_error_rate"), "+.2f"),
             _num(r.get("token_agreement"), ".3f"), _num(r.get("rtf"), ".4f"), _num(r.get("rtf_p50"), ".4f"),
             _num(r.get("rtf_p90"), ".4f"), _num(r.get("rtf_cpu"), ".4f"), _num(r.get("speedup"), ".2f"), _num(r.get("size_mb"), ".2f"),
-            _num(r.get("peak_rss_mb"), ".0f"), _num(ops.get("fused"), "d"), _num(ops.get("Cast"), "d"),
+            _num(r.get("peak_rss_mb"), ".0f"), _num(r.get("eval_peak_rss_mb"), ".0f"), _num(ops.get("fused"), "d"), _num(ops.get("Cast"), "d"),
             _num(ops.get("MatMulInteger"), "d"), "yes" if r["passed"] else "NO",
         ])  # fmt: skip
     return out

@@ -18,7 +18,7 @@ from optimize import cache
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["simplify", "fuse", "int8"]
-ROW_KEYS = {"name", "path", "error_rate", "delta_error_rate", "token_agreement", "rtf", "speedup", "size_mb", "passed", "failures", "peak_rss_mb"}
+ROW_KEYS = {"name", "path", "error_rate", "delta_error_rate", "token_agreement", "rtf", "speedup", "size_mb", "passed", "failures", "peak_rss_mb", "eval_peak_rss_mb"}
 # `optimize run` in a fresh interpreter, failing if anything imported torch.
 RUN_WITHOUT_TORCH = (
     "import sys\nfrom optimize.cli import app\nsys.argv = ['optimize', 'run', *sys.argv[1:]]\n"
@@ -52,6 +52,7 @@ def test_run_end_to_end_without_torch(e2e):
         assert row["rtf"] > 0 and row["speedup"] > 0 and row["size_mb"] > 0
         assert cache.read_record(row["path"])["outputs"] == row["outputs"]
     assert all(r["peak_rss_mb"] > 50 for r in rep["stages"][1:])  # measured in each stage's own process
+    assert all(r["eval_peak_rss_mb"] > 50 for r in rep["stages"])  # and each evaluation in its own
     int8 = rep["stages"][-1]
     assert int8["op_stats"]["MatMulInteger"] > 0 and int8["size_mb"] < rep["stages"][0]["size_mb"] / 1.5
     assert int8["parity"]["vs_baseline"]["teacher_forced_cosine"] > 0.999

@@ -131,7 +131,7 @@ class Evaluator:
     def __init__(self, data: EvalData, settings: EvalSettings, baseline_dir: Path | None):
         self.data, self.settings, self.baseline_dir = data, settings, baseline_dir
         self.baseline: dict | None = None  # the baseline's metrics, set by the caller once known
-        self._runs: dict[str, list[parity.ProbeRun]] = {}
+        self.probe_runs: dict[str, list[parity.ProbeRun]] = {}  # by resolved pair directory
 
     def evaluate(self, model_dir: Path, input_dir: Path | None = None, progress: Progress = quiet) -> dict:
         """All checks on `model_dir`; returns JSON-able metrics with `failures` (empty when all ran)."""
@@ -194,10 +194,10 @@ class Evaluator:
     def reference_runs(self, model_dir: Path) -> list[parity.ProbeRun]:
         """Probe runs of a pair, computed once per directory."""
         k = str(Path(model_dir).resolve())
-        if k not in self._runs:
+        if k not in self.probe_runs:
             pair, cfg = self._pair(model_dir), self.settings.evaluation
-            self._runs[k] = [parity.run_probe(pair, p, cfg.probe_steps, self._forced) for p in self.data.probes]
-        return self._runs[k]
+            self.probe_runs[k] = [parity.run_probe(pair, p, cfg.probe_steps, self._forced) for p in self.data.probes]
+        return self.probe_runs[k]
 
     @property
     def _forced(self) -> bool:
@@ -212,7 +212,7 @@ class Evaluator:
             if ref_dir is not None:
                 result, runs = parity.compare(pair, list(self.data.probes), self.reference_runs(ref_dir), steps, self._forced)
                 out[label] = dataclasses.asdict(result)
-        self._runs[str(model_dir.resolve())] = runs
+        self.probe_runs[str(model_dir.resolve())] = runs
         metrics: dict = {"parity": out}
         if self._forced:
             metrics["token_agreement"] = out["vs_baseline"]["greedy_identical"]
