@@ -64,3 +64,15 @@ def test_init_from_refuses_other_dims(tmp_path):
     other = Trainer(TrainConfig(init_step=10), AedDims(**(TINY_DIMS | {"n_layers_dec": 1})))
     with pytest.raises(SystemExit, match="differ from the training config"):
         other.init_from(tmp_path / "ckpt")
+
+
+def test_anneal_falls_linearly_to_zero():
+    cfg = TrainConfig(anneal=(6000, 7000))
+    trainer = Trainer(cfg, DIMS)
+    trainer.step = 6000
+    at_start = cfg.peak_lr * (cfg.warmup_steps / 6000) ** 0.5
+    assert trainer.lr() == pytest.approx(at_start)
+    trainer.step = 6500
+    assert trainer.lr() == pytest.approx(cfg.peak_lr * (cfg.warmup_steps / 6500) ** 0.5 * 0.5)
+    trainer.step = 7000
+    assert trainer.lr() == 0.0

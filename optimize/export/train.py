@@ -55,6 +55,7 @@ class TrainConfig:
     threads: int = 2
     init_step: int = 0  # continuing from a saved model: the schedule resumes at this step
     restart_warmup: int = 100  # fresh optimizer moments: ramp up to the resumed rate
+    anneal: tuple[int, int] | None = None  # (from, to) steps: the rate falls linearly to 0 between them
 
 
 def _features(path: str) -> np.ndarray:
@@ -138,6 +139,9 @@ class Trainer:
         rate = self.cfg.peak_lr * min(s / self.cfg.warmup_steps, math.sqrt(self.cfg.warmup_steps / s))
         if self.cfg.init_step:
             rate *= min(1.0, (self.step - self.cfg.init_step + 1) / self.cfg.restart_warmup)
+        if self.cfg.anneal:
+            start, end = self.cfg.anneal
+            rate *= min(1.0, max(0.0, (end - self.step) / (end - start)))
         return rate
 
     def init_from(self, ckpt_dir: Path) -> None:
@@ -212,7 +216,9 @@ def _normalize(feats: list[np.ndarray], mean, inv_std) -> list[np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = TrainConfig(max_minutes=args.max_minutes, seed=args.seed, threads=args.threads, init_step=args.init_step if args.init else 0)
+    cfg = TrainConfig(max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
+        init_step=args.init_step if args.init else 0, anneal=tuple(args.anneal) if args.anneal else None,
+    )  # fmt: skip
     torch.set_num_threads(cfg.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,9 +254,10 @@ def run(args: argparse.Namespace) -> None:
             minutes = (time.time() - start) / 60
             if trainer.step % 25 == 0:
                 print(f"epoch {trainer.epoch} step {trainer.step} lr {trainer.lr():.2e} att {att:.3f} ctc {ctc:.3f} {minutes:.1f} min", flush=True)
-            if trainer.step % cfg.eval_every == 0 or minutes >= cfg.max_minutes:
+            stop = minutes >= cfg.max_minutes or (cfg.anneal is not None and trainer.step >= cfg.anneal[1])
+            if trainer.step % cfg.eval_every == 0 or stop:
                 _evaluate_and_save(trainer, dev, dev_ids, stats, tokens, out, log, minutes)
-            if minutes >= cfg.max_minutes:
+            if stop:
                 return
         trainer.epoch, trainer.batch_in_epoch = trainer.epoch + 1, 0
 
@@ -278,6 +285,7 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch intra-op threads")
+    p.add_argument("--anneal", type=int, nargs=2, metavar=("FROM", "TO"), help="final phase: the learning rate falls linearly to 0 from step FROM to step TO")
     p.add_argument("--init", help="start from this official-format checkpoint dir (e.g. a published model) instead of random weights")
     p.add_argument("--init-step", type=int, default=0, help="with --init: the step the learning-rate schedule resumes at")
     run(p.parse_args())
