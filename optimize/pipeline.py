@@ -19,6 +19,7 @@ from typing import Callable
 
 from optimize import cache, report
 from optimize.errors import OptimizeError
+from optimize.evaluate.memory import max_rss_bytes
 from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data, quiet
 from optimize.recipe import PROVIDERS, Recipe, Stage, to_dict
 from optimize.stages import STAGES, publish
@@ -66,7 +67,6 @@ def _stage_child(module: str, src: str, dst: str, cfg: object) -> dict:
     """Body of the per-stage child process; OptimizeError comes back as data (it does not pickle its fix)."""
     import importlib
     import logging
-    import resource
 
     import onnxruntime
 
@@ -79,13 +79,12 @@ def _stage_child(module: str, src: str, dst: str, cfg: object) -> dict:
         out = importlib.import_module(module).run(Path(src), Path(dst), cfg)
     except OptimizeError as e:
         return {"error": [e.message, e.fix]}
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    return {"output": out.to_json(), "seconds": time.perf_counter() - start, "peak_rss_mb": peak_kb / 1024}
+    return {"output": out.to_json(), "seconds": time.perf_counter() - start, "peak_rss_mb": max_rss_bytes() / 2**20}
 
 
 def _transform(stage: Stage, src: Path, dst: Path) -> dict:
     """Run one stage in a fresh process and return what it reported."""
-    context = multiprocessing.get_context("spawn")  # fresh interpreter: own ru_maxrss, no inherited imports
+    context = multiprocessing.get_context("spawn")  # fresh interpreter: own address space (VmHWM), no inherited imports
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         result = pool.submit(_stage_child, STAGES[stage.name], str(src), str(dst), stage.config).result()
     if "error" in result:
@@ -95,13 +94,11 @@ def _transform(stage: Stage, src: Path, dst: Path) -> dict:
 
 def _evaluate_child(evaluator: Evaluator, stage_dir: str, input_dir: str | None, progress: Progress) -> tuple[dict, dict, float]:
     """Body of the evaluation child: the metrics, the evaluator's probe runs (reused by later stages), peak RSS."""
-    import resource
-
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
     metrics = evaluator.evaluate(Path(stage_dir), None if input_dir is None else Path(input_dir), progress)
-    return metrics, evaluator.probe_runs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return metrics, evaluator.probe_runs, max_rss_bytes() / 2**20
 
 
 def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | None, progress: Progress) -> dict:

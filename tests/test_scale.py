@@ -52,6 +52,24 @@ def test_peak_rss_sees_a_short_allocation():
     assert mem.phases["idle"].peak_bytes < p.peak_bytes
 
 
+def _child_peak() -> int:
+    from optimize.evaluate.memory import max_rss_bytes
+
+    return max_rss_bytes()
+
+
+def test_child_peak_is_its_own_not_the_parents():
+    # how the pipeline measures stages and evaluations: a spawned child; ru_maxrss would
+    # report the parent's 1 GiB (Linux keeps it across fork and execve), VmHWM does not
+    import multiprocessing
+
+    held = np.ones(1 << 30, dtype=np.uint8)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        peak = pool.apply(_child_peak)
+    assert 10 << 20 < peak < 512 << 20
+    del held
+
+
 def test_random_checkpoint_is_official_and_never_emits_eos(make_aed_l, tmp_path):
     from tests.test_export import official_model
 

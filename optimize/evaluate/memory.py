@@ -39,7 +39,20 @@ def anon_bytes(pid: int | str = "self") -> int:
 
 
 def max_rss_bytes() -> int:
-    """The kernel's high-water mark of RSS for this process (Linux reports KiB)."""
+    """The kernel's high-water mark of RSS for this process's own memory (VmHWM).
+
+    Not `ru_maxrss`: Linux keeps that across fork and execve, so a child spawned by a
+    parent holding 10 GB reports at least 10 GB whatever it does itself. VmHWM
+    belongs to the address space, which execve replaces. `ru_maxrss` (KiB) is the
+    fallback where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
