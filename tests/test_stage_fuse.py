@@ -99,3 +99,14 @@ def test_fuse_with_firered_attention_matches_its_input(tiny_pair, tmp_path):
     # one MultiHeadAttention per attention layer: 2 encoder blocks; 2 decoder layers x (self + cross)
     assert out.details["fused_ops"]["encoder"].get("MultiHeadAttention", 0) == 2
     assert out.details["fused_ops"]["decoder"].get("MultiHeadAttention", 0) == 4
+
+
+def test_fuse_firered_graphs_keeps_the_other_graph_unfused(tiny_pair, tmp_path):
+    dst = tmp_path / "out"
+    out = fuse.run(tiny_pair, dst, fuse.FuseConfig(firered_fusions=("attention",), firered_graphs=("decoder",)))
+    assert out.details["fused_ops"]["encoder"].get("MultiHeadAttention", 0) == 0
+    assert out.details["fused_ops"]["decoder"].get("MultiHeadAttention", 0) == 4
+    p = probe_parity(tiny_pair, dst)
+    assert p.teacher_forced_cosine > 0.99999 and p.greedy_identical == 1.0
+    with pytest.raises(OptimizeError, match="unknown graph 'joiner'"):
+        fuse.FuseConfig(firered_graphs=("joiner",))

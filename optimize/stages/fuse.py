@@ -68,6 +68,8 @@ class FuseConfig:
     disable: tuple[str, ...] = ()
     # our passes from FIRERED_FUSIONS to run after ORT's, in order
     firered_fusions: tuple[str, ...] = ()
+    # graphs our passes rewrite: a target where a fused graph is slower keeps that graph unfused
+    firered_graphs: tuple[str, ...] = ("encoder", "decoder")
 
     def __post_init__(self):
         from onnxruntime.transformers.fusion_options import FusionOptions
@@ -82,6 +84,9 @@ class FuseConfig:
             if name not in switches or name == "shape_inference":
                 near = difflib.get_close_matches(name, switches, n=1)
                 raise OptimizeError(f"fuse.disable names unknown fusion {name!r}", f"did you mean {near[0]!r}?" if near else f"use some of {', '.join(switches)}")
+        for role in self.firered_graphs:
+            if role not in ("encoder", "decoder"):
+                raise OptimizeError(f"fuse.firered_graphs names unknown graph {role!r}", "use encoder and/or decoder")
         for name in self.firered_fusions:
             if name not in FIRERED_FUSIONS:
                 have = ", ".join(FIRERED_FUSIONS) or "none registered yet"
@@ -124,7 +129,8 @@ def _fuse_graph(cfg: FuseConfig, num_heads: int, hidden_size: int, record: dict)
             )
         except Exception as e:  # the fusion code raises assorted errors on unexpected graphs
             raise OptimizeError(f"onnxruntime.transformers failed on the {role}: {str(e).splitlines()[0][:300]}", "disable the failing fusion with fuse.disable, or skip the fuse stage") from e
-        record[role] = {name: FIRERED_FUSIONS[name](model.model, role) for name in cfg.firered_fusions}
+        passes = cfg.firered_fusions if role in cfg.firered_graphs else ()
+        record[role] = {name: FIRERED_FUSIONS[name](model.model, role) for name in passes}
         # ORT's save adds the com.microsoft opset import its fused ops need; external data by size
         model.save_model_to_file(str(out), use_external_data_format=graph.needs_external_data(model.model))
         return []
