@@ -149,7 +149,10 @@ class Trainer:
         ckpt = load_checkpoint(ckpt_dir)
         if ckpt.dims != self.dims:
             raise SystemExit(f"--init {ckpt_dir}: dims {ckpt.dims} differ from the training config {self.dims}")
-        self.model.load_state_dict({k: v.float() for k, v in ckpt.model.state_dict().items()})
+        # weights only: the positional tables stay this model's exact float32 sinusoids (a
+        # float16 checkpoint's rounded copies would be trained on, then fail load_checkpoint)
+        own = self.model.state_dict()
+        self.model.load_state_dict({k: own[k] if k.endswith(".pe") else v.float() for k, v in ckpt.model.state_dict().items()})
         self.step = self.cfg.init_step
 
     def loss(self, x, x_len, ys_in, ys_out, targets):
