@@ -10,6 +10,7 @@ inspection and `final/` is written only when every stage passed.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 import multiprocessing
 import shutil
@@ -97,17 +98,23 @@ def _evaluate_child(evaluator: Evaluator, stage_dir: str, input_dir: str | None,
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
+    known = set(evaluator.probe_runs)
     metrics = evaluator.evaluate(Path(stage_dir), None if input_dir is None else Path(input_dir), progress)
-    return metrics, evaluator.probe_runs, max_rss_bytes() / 2**20
+    new_runs = {k: v for k, v in evaluator.probe_runs.items() if k not in known}
+    return metrics, new_runs, max_rss_bytes() / 2**20
 
 
 def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | None, progress: Progress) -> dict:
     """Evaluate in a fresh process, like the stages: the sessions' memory (several GB per
     pair at AED-L size, kept by the allocator after the sessions close) leaves with it, so
     the parent stays small while the next stage runs. Its peak RSS joins the metrics."""
+    # send only the probe runs this evaluation compares against (cross K/V: ~160 MB per pair at AED-L)
+    refs = {str(Path(d).resolve()) for d in (evaluator.baseline_dir, input_dir) if d is not None}
+    child = copy.copy(evaluator)  # shallow: the eval data is shared, not copied
+    child.probe_runs = {k: v for k, v in evaluator.probe_runs.items() if k in refs}
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        job = pool.submit(_evaluate_child, evaluator, str(stage_dir), None if input_dir is None else str(input_dir), progress)
+        job = pool.submit(_evaluate_child, child, str(stage_dir), None if input_dir is None else str(input_dir), progress)
         metrics, runs, peak_mb = job.result()
     evaluator.probe_runs.update(runs)
     return metrics | {"eval_peak_rss_mb": peak_mb}
