@@ -93,3 +93,30 @@ def assert_one_line_failure(result, *fragments: str) -> None:
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+def refused(run_stage, src: Path, out: Path, match: str) -> Exception:
+    """`run_stage(src, out)` raises OptimizeError matching `match` and leaves no `out`; returns the error."""
+    import pytest
+
+    from optimize.errors import OptimizeError
+
+    with pytest.raises(OptimizeError, match=match) as e:
+        run_stage(src, out)
+    assert not out.exists()
+    return e.value
+
+
+def assert_truncated_input_refused(run_stage, pair: Path, tmp: Path) -> None:
+    """A truncated input file: a one-line error and no output directory."""
+    error = refused(run_stage, truncated_pair(pair, tmp / "broken"), tmp / "out", "not a readable ONNX model")
+    assert "\n" not in str(error)
+
+
+def run_with_unmeetable_gate(stage: str, pair: Path, tmp: Path) -> Path:
+    """`optimize run` of [stage] with min_speedup 1000: one-line failure, no final/; returns the stage's directory."""
+    recipe = tiny_recipe(tmp / "r.yaml", pair, [stage], tmp / "run",
+                         gates={"max_error_rate_increase": 0.5, "min_token_agreement": 0.0, "min_speedup": 1000})  # fmt: skip
+    assert_one_line_failure(cli("run", recipe), f"stage {stage} failed", "min_speedup 1000")
+    assert not (tmp / "run" / "final").exists()
+    return tmp / "run" / f"1-{stage}"
