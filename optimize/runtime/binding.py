@@ -78,8 +78,13 @@ class BoundPair:
         self._zeros = self._helper(zeros_model())
 
     def _helper(self, model: onnx.ModelProto) -> ort.InferenceSession:
-        """A helper graph on the pair's provider and device, so its outputs land where the caches are."""
-        return load_session(model.SerializeToString(), self.pair.provider, self.pair.threads, self.pair.options)
+        """A helper graph on the pair's provider and device, so its outputs land where the caches are.
+
+        One thread, so no pool of its own: a second intra-op pool spins after each gather and
+        took the cores from the decoder's (tiny dims, batch 16, beam 3, 2 threads: search
+        324-340 ms with the pair's thread count, 268-270 ms with one; numpy path 254-283 ms).
+        """
+        return load_session(model.SerializeToString(), self.pair.provider, 1, self.pair.options)
 
     def _run(self, sess: ort.InferenceSession, inputs: dict, host_outputs: tuple[str, ...] = (), device_outputs: tuple[str, ...] = ()) -> list[ort.OrtValue]:
         """One run with numpy inputs copied in, OrtValue inputs bound in place; outputs host first, then device.
