@@ -75,18 +75,18 @@ def transcribe(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="utterances per encoder/decoder run (default: DecodeConfig.batch_size)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads, 0 = ORT's choice (default: Recognizer)"),
     provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda (default: Recognizer)"),
+    device_id: Optional[int] = typer.Option(None, "--device-id", help="CUDA device ordinal (default: ProviderOptions)"),
+    io_binding: bool = typer.Option(False, "--io-binding", help="keep cross K/V and caches as OrtValues on the CPU provider too (always on cuda)"),
 ):
     """Transcribe audio files with an ONNX pair; prints `path<TAB>text` per file."""
-    import dataclasses
-
     from optimize.runtime.recognizer import Recognizer
     from optimize.runtime.search import DecodeConfig
+    from optimize.runtime.session import ProviderOptions
 
-    decode = dataclasses.replace(
-        DecodeConfig(), **{k: v for k, v in {"beam_size": beam_size, "batch_size": batch_size}.items() if v is not None}
-    )
+    decode = _replace(DecodeConfig(), beam_size=beam_size, batch_size=batch_size)
+    options = _replace(ProviderOptions(), device_id=device_id, io_binding=io_binding or None)
     session = {k: v for k, v in {"threads": threads, "provider": provider}.items() if v is not None}
-    recognizer = Recognizer(model_dir, decode=decode, **session)
+    recognizer = Recognizer(model_dir, decode=decode, options=options, **session)
     for path, hyp in zip(audio, recognizer.transcribe(audio)):
         typer.echo(f"{path}\t{hyp.text}")
 
@@ -168,7 +168,7 @@ def eval_(
     _quiet_onnxruntime()
     src = load_recipe(recipe) if recipe else None
     pick = lambda name: getattr(src, name) if src else default(name)  # noqa: E731
-    settings = _replace(EvalSettings(pick("provider"), pick("threads"), pick("decode"), pick("evaluation")), provider=provider, threads=threads)
+    settings = _replace(EvalSettings(pick("provider"), pick("threads"), pick("decode"), pick("evaluation"), pick("provider_options")), provider=provider, threads=threads)
     result = pipeline.evaluate_pair(model_dir, data or pick("data"), settings, reference, progress=_bar)
     m = result["metrics"]
     if json_path:

@@ -224,7 +224,7 @@ def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None,
     run_dir = Path(recipe.output)
     shutil.rmtree(run_dir / FINAL, ignore_errors=True)  # a failed run must not leave an older final pair
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = EvalSettings(provider, recipe.threads, recipe.decode, recipe.evaluation)
+    settings = EvalSettings(provider, recipe.threads, recipe.decode, recipe.evaluation, recipe.provider_options)
     header = report.header(recipe, to_dict(recipe), provider, representative, settings.timed(), SPEEDUP_BASIS[provider])
     chain = [Stage(BASELINE, None), *recipe.stages]
     src, rows, evaluator = Path(recipe.model), [], None

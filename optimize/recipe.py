@@ -20,6 +20,7 @@ import yaml
 
 from optimize.errors import OptimizeError
 from optimize.runtime.search import DecodeConfig
+from optimize.runtime.session import ProviderOptions
 from optimize.stages import STAGES, config_class
 
 RUNS_DIR = Path("runs")  # a recipe without `output` writes to runs/<name>
@@ -84,6 +85,9 @@ class Recipe:
     data: Path | None = Path("calibration/eval")  # eval manifest; None only with evaluation.mode parity_only
     provider: str = "cpu"  # the execution provider the recipe targets and times
     threads: int = 1  # ORT intra-op threads, fixed so RTF compares stage to stage (0 = ORT's choice)
+    # CUDA EP options (device_id, cudnn_conv_algo_search, use_tf32, gpu_mem_limit, arena_extend_strategy)
+    # and io_binding for the CPU provider; every evaluation's sessions get them
+    provider_options: ProviderOptions = field(default_factory=ProviderOptions)
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # search settings (beam_size 1 = greedy, as sherpa-onnx)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 

@@ -179,6 +179,25 @@ def test_full_evaluation_reports_error_rates(tiny_pair, manifest, tmp_path):
     assert json.loads(out.read_text())["metrics"]["error_rate"] == simplified["error_rate"]
 
 
+def test_provider_options_io_binding_decodes_the_same(manifest, tmp_path):
+    """A recipe's provider_options reach the evaluation: io_binding on the CPU provider decodes
+    the embedded model through the bound path (beam 3, padded batches of 2) with the same tokens."""
+    model = REPO / "artifacts" / "firered-aed-tiny"
+    results = {}
+    for bound in (False, True):
+        recipe = tiny_recipe(tmp_path / f"r{bound}.yaml", model, ["simplify"], tmp_path / "run", data=str(manifest),
+                             decode={"beam_size": 3, "batch_size": 2}, provider_options={"io_binding": bound},
+                             evaluation={"mode": "full", "probes": 2, "probe_steps": 6, "warmup": 0})  # fmt: skip
+        out = tmp_path / f"eval{bound}.json"
+        result = cli("eval", model, "--recipe", recipe, "--json", out)
+        assert result.exit_code == 0, result.stderr
+        results[bound] = json.loads(out.read_text())["metrics"]
+    assert results[True]["io_binding"] is True and results[False]["io_binding"] is False
+    assert ("with IOBinding" in results[True]["rtf"]["timed"]) and ("IOBinding" not in results[False]["rtf"]["timed"])
+    assert [h["tokens"] for h in results[True]["hyps"]] == [h["tokens"] for h in results[False]["hyps"]]
+    assert results[True]["error_rate"] == results[False]["error_rate"]
+
+
 @pytest.mark.parametrize("broken", [truncated_pair, outside_contract_pair])
 def test_broken_input_pair_fails_in_one_line(tiny_pair, tmp_path, broken):
     src = broken(tiny_pair, tmp_path / "broken")

@@ -10,6 +10,7 @@ import yaml
 
 from optimize.errors import OptimizeError
 from optimize.recipe import Recipe, default, load_recipe, to_dict
+from optimize.runtime.session import ProviderOptions
 from optimize.stages.int8 import Int8Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +64,9 @@ def test_defaults_and_typed_stage_config(tmp_path):
         (base(provider="tpu"), ["provider is 'tpu'"]),
         (base(evaluation={"mode": "fast"}), ["evaluation.mode is 'fast'"]),
         (base(decode={"beam_size": 0}), ["beam_size=0"]),
+        (base(provider_options={"cudnn_algo_search": "HEURISTIC"}), ["provider_options: unknown key 'cudnn_algo_search'", "'cudnn_conv_algo_search'"]),
+        (base(provider_options={"cudnn_conv_algo_search": "FAST"}), ["cudnn_conv_algo_search='FAST'", "HEURISTIC"]),
+        (base(provider_options={"io_binding": "yes"}), ["provider_options.io_binding is 'yes', expected bool"]),
         ({"gates": GATES}, ["`stages` must be a list"]),
     ],
 )
@@ -72,6 +76,15 @@ def test_invalid_recipes_say_what_and_how(tmp_path, recipe, fragments):
     for fragment in fragments:
         assert fragment in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_provider_options_reach_the_recipe(tmp_path):
+    recipe = load_recipe(write(tmp_path, base(provider_options={"io_binding": True, "device_id": 1, "gpu_mem_limit": 2**30})))
+    assert recipe.provider_options == ProviderOptions(io_binding=True, device_id=1, gpu_mem_limit=2**30)
+    assert recipe.provider_options.cuda()["gpu_mem_limit"] == str(2**30)
+    assert load_recipe(write(tmp_path, base())).provider_options == ProviderOptions()
+    gpu = load_recipe(REPO / "recipes" / "gpu_fp16.yaml").provider_options
+    assert gpu.cudnn_conv_algo_search == "HEURISTIC" and gpu.use_tf32 is False
 
 
 def test_unreadable_and_malformed_files(tmp_path):

@@ -273,3 +273,18 @@ def test_cli_bad_model_dir_and_provider(pair, tmp_path):
     assert result.exit_code != 0 and result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     result = CliRunner().invoke(app, ["transcribe", str(pair), *wav, "--provider", "tpu"])
     assert result.exit_code != 0 and "unknown provider" in result.stderr
+    result = CliRunner().invoke(app, ["transcribe", str(pair), *wav, "--device-id", "-1"])
+    assert result.exit_code == 2 and "device_id=-1" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_io_binding_decodes_through_the_bound_path(pair, tmp_path, monkeypatch):
+    from optimize.runtime import binding, recognizer
+
+    made = []
+    monkeypatch.setattr(recognizer, "BoundPair", lambda p: made.append(p) or binding.BoundPair(p))
+    wavs = _write_wavs(tmp_path, [1.2, 0.4, 0.8])
+    result = CliRunner().invoke(app, ["transcribe", str(pair), *wavs, "--batch-size", "2", "--io-binding"])
+    assert result.exit_code == 0, result.output
+    assert len(made) == 1  # the CLI's one Recognizer is bound
+    want = Recognizer(pair, DecodeConfig(batch_size=2)).transcribe(wavs)  # unbound, beam 3
+    assert result.stdout.splitlines() == [f"{w}\t{h.text}" for w, h in zip(wavs, want)]

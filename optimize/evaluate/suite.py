@@ -29,6 +29,7 @@ from optimize.recipe import EvaluationConfig
 from optimize.runtime.audio import encoder_length
 from optimize.runtime.features import SAMPLE_RATE
 from optimize.runtime.search import DecodeConfig
+from optimize.runtime.session import ProviderOptions
 from optimize.stages.fuse import FUSED_OPS
 
 # Ops the report counts besides the fused ones: what fp16 added, what int8 produced.
@@ -64,6 +65,12 @@ class EvalSettings:
     threads: int  # ORT intra-op threads
     decode: DecodeConfig  # search used for the error rate
     evaluation: EvaluationConfig
+    options: ProviderOptions = ProviderOptions()  # the recipe's provider_options
+
+    @property
+    def bound(self) -> bool:
+        """Whether decoding keeps cross K/V and the caches on the device (always on CUDA)."""
+        return self.provider == "cuda" or self.options.io_binding
 
     def timed(self) -> str:
         """What the RTF clock covers, in words."""
@@ -71,7 +78,8 @@ class EvalSettings:
         if self.evaluation.mode == "parity_only":
             return (f"encoder + {self.evaluation.probe_steps} forced greedy decoder steps per synthetic or eval probe, "
                     f"batch 1, {self.provider}, {self.threads} thread(s); audio seconds = frames x 10 ms")  # fmt: skip
-        return (f"encoder + {search} search from CMVN-normalized fbank, batch {self.decode.batch_size}, {self.provider}, "
+        binding = " with IOBinding" if self.bound else ""
+        return (f"encoder + {search} search from CMVN-normalized fbank, batch {self.decode.batch_size}, {self.provider}{binding}, "
                 f"{self.threads} thread(s); excludes audio loading, fbank+CMVN and session creation")  # fmt: skip
 
 
@@ -160,7 +168,7 @@ class Evaluator:
     def _pair(self, model_dir: Path):
         from optimize.runtime.session import OrtPair
 
-        return OrtPair(model_dir, self.settings.provider, self.settings.threads)
+        return OrtPair(model_dir, self.settings.provider, self.settings.threads, self.settings.options)
 
     def _load(self, model_dir: Path) -> dict:
         pair = self._pair(model_dir)
@@ -226,7 +234,7 @@ class Evaluator:
         from optimize.runtime.recognizer import Recognizer
 
         s, d = self.settings, self.data
-        recognizer = Recognizer(model_dir, s.decode, s.provider, s.threads)
+        recognizer = Recognizer(model_dir, s.decode, s.provider, s.threads, s.options)
         order = sorted(range(len(d.feats)), key=lambda i: len(d.feats[i]))
         size = s.decode.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)]
@@ -245,6 +253,7 @@ class Evaluator:
             "error_rates": {lang: r.rate for lang, r in rates.items()},
             "hyps": [{"tokens": list(h.tokens), "text": h.text} for h in hyps],
             "rtf": dataclasses.asdict(timing),
+            "io_binding": recognizer.bound is not None,  # what decoded, as opposed to what was asked
         }
         if self.baseline is not None:
             base = self.baseline["hyps"]
