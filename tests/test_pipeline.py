@@ -241,6 +241,28 @@ def test_stages_write_external_data_by_size(tiny_pair, tmp_path, monkeypatch, na
     assert set(cache.digests(out)) == {"encoder.onnx", "encoder.onnx.data", "decoder.onnx", "decoder.onnx.data", "tokens.txt"}
 
 
+def test_hard_linked_external_data_is_refused_in_one_line(tiny_pair, tmp_path, monkeypatch):
+    import shutil
+
+    import onnx
+
+    from optimize import graph
+    from optimize.errors import OptimizeError
+    from optimize.stages import load_stage
+
+    monkeypatch.setattr(graph, "PROTO_LIMIT_BYTES", 1000)
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("encoder.onnx", "decoder.onnx"):
+        graph.save(onnx.load(str(tiny_pair / f)), src / f)
+    shutil.copyfile(tiny_pair / "tokens.txt", src / "tokens.txt")
+    os.link(src / "decoder.onnx.data", tmp_path / "linked.data")  # as `cp -al` leaves it
+    stage = load_stage("simplify")
+    with pytest.raises(OptimizeError, match=r"decoder.onnx.data has 2 hard links.*cp -r"):
+        stage.run(src, tmp_path / "out", stage.Config())
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name, extra, max_loss, min_identical", [("cpu_int8", [], 0.5, 0.97), ("gpu_fp16", ["--provider", "cpu"], 0.1, 0.99)])
 def test_shipped_recipe_passes_on_the_embedded_default(tmp_path, monkeypatch, name, extra, max_loss, min_identical):
     """The README's main job: each shipped recipe, unchanged, on artifacts/firered-aed-tiny and calibration/eval."""

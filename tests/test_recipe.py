@@ -37,6 +37,15 @@ def test_shipped_recipes_load(name):
     assert to_dict(recipe)["stages"][0] == {"simplify": dataclasses.asdict(recipe.stages[0].config)}
 
 
+@pytest.mark.parametrize("name, small", [("cpu_int8_aed_l", "cpu_int8"), ("gpu_fp16_aed_l", "gpu_fp16")])
+def test_aed_l_recipes_run_the_small_recipes_stages_by_parity(name, small):
+    big, ref = load_recipe(REPO / "recipes" / f"{name}.yaml"), load_recipe(REPO / "recipes" / f"{small}.yaml")
+    assert big.model == Path("work/aed_l/fp32") and big.data is None and big.evaluation.mode == "parity_only"
+    assert big.provider == ref.provider and big.gates.min_logits_cosine >= 0.99
+    assert [s.name for s in big.stages] == [s.name for s in ref.stages]
+    assert big.stages[:2] == ref.stages[:2]  # simplify and fuse as in the small recipe
+
+
 def test_defaults_and_typed_stage_config(tmp_path):
     recipe = load_recipe(write(tmp_path, base(), "my_recipe.yaml"))
     assert recipe.name == "my_recipe" and recipe.output == Path("runs/my_recipe")

@@ -116,6 +116,13 @@ def check_input(src: Path) -> None:
         check_io(outputs, io[1], f"{role} outputs", str(src / fname))
         if role == "encoder":
             parse_metadata(dict(graph.metadata(model)), str(src / fname))
+        for data in graph.external_files(src / fname):
+            links = data.stat().st_nlink if data.is_file() else 1
+            if links > 1:  # onnx.load refuses these ("potential hardlink attack"), deep inside a stage
+                raise OptimizeError(
+                    f"{data} has {links} hard links, and onnx refuses to read external data from a hard-linked file",
+                    "copy the pair with `cp -r` (not `cp -l` or `cp -al`) and run on the copy",
+                )
 
 
 def restore_contract(reference: onnx.ModelProto, out: Path, where: str) -> dict[str, int]:
