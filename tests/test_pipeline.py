@@ -213,23 +213,30 @@ def test_recipe_errors_are_one_line(tmp_path):
     assert_one_line_failure(cli("run", recipe), "unknown key 'min_speedupp'", "did you mean 'min_speedup'?")
 
 
-@pytest.mark.parametrize("name", ["simplify", "fuse", "fp16", "int8"])
-def test_stages_write_external_data_by_size(tiny_pair, tmp_path, monkeypatch, name):
-    """With the size limit lowered, every stage reads and writes one `.data` file per graph (the >2 GB path)."""
+def external_data_pair(pair: Path, dst: Path, monkeypatch) -> Path:
+    """`pair` re-saved with one `.data` file per graph: the >2 GB layout, with the size limit lowered (for the test's duration)."""
     import shutil
 
     import onnx
-    from stage_helpers import assert_contract_kept, probe_parity
 
     from optimize import graph
-    from optimize.stages import load_stage
 
     monkeypatch.setattr(graph, "PROTO_LIMIT_BYTES", 1000)
-    src = tmp_path / "src"
-    src.mkdir()
+    dst.mkdir()
     for f in ("encoder.onnx", "decoder.onnx"):
-        graph.save(onnx.load(str(tiny_pair / f)), src / f)
-    shutil.copyfile(tiny_pair / "tokens.txt", src / "tokens.txt")
+        graph.save(onnx.load(str(pair / f)), dst / f)
+    shutil.copyfile(pair / "tokens.txt", dst / "tokens.txt")
+    return dst
+
+
+@pytest.mark.parametrize("name", ["simplify", "fuse", "fp16", "int8"])
+def test_stages_write_external_data_by_size(tiny_pair, tmp_path, monkeypatch, name):
+    """With the size limit lowered, every stage reads and writes one `.data` file per graph (the >2 GB path)."""
+    from stage_helpers import assert_contract_kept, probe_parity
+
+    from optimize.stages import load_stage
+
+    src = external_data_pair(tiny_pair, tmp_path / "src", monkeypatch)
     assert (src / "encoder.onnx.data").is_file()
     stage = load_stage(name)
     stage.run(src, tmp_path / "out", stage.Config())
@@ -242,20 +249,10 @@ def test_stages_write_external_data_by_size(tiny_pair, tmp_path, monkeypatch, na
 
 
 def test_hard_linked_external_data_is_refused_in_one_line(tiny_pair, tmp_path, monkeypatch):
-    import shutil
-
-    import onnx
-
-    from optimize import graph
     from optimize.errors import OptimizeError
     from optimize.stages import load_stage
 
-    monkeypatch.setattr(graph, "PROTO_LIMIT_BYTES", 1000)
-    src = tmp_path / "src"
-    src.mkdir()
-    for f in ("encoder.onnx", "decoder.onnx"):
-        graph.save(onnx.load(str(tiny_pair / f)), src / f)
-    shutil.copyfile(tiny_pair / "tokens.txt", src / "tokens.txt")
+    src = external_data_pair(tiny_pair, tmp_path / "src", monkeypatch)
     os.link(src / "decoder.onnx.data", tmp_path / "linked.data")  # as `cp -al` leaves it
     stage = load_stage("simplify")
     with pytest.raises(OptimizeError, match=r"decoder.onnx.data has 2 hard links.*cp -r"):
