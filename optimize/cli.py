@@ -83,6 +83,7 @@ def transcribe(
     from optimize.runtime.search import DecodeConfig
     from optimize.runtime.session import ProviderOptions
 
+    _quiet_onnxruntime()
     decode = _replace(DecodeConfig(), beam_size=beam_size, batch_size=batch_size)
     options = _replace(ProviderOptions(), device_id=device_id, io_binding=io_binding or None)
     session = {k: v for k, v in {"threads": threads, "provider": provider}.items() if v is not None}

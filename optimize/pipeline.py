@@ -55,13 +55,23 @@ def _cuda_available() -> bool:
 
 
 def _check_provider(recipe: Recipe, provider: str) -> None:
+    """Fail before any stage when the provider cannot run here: no CUDA EP, or one that does not start."""
     if provider not in PROVIDERS:
         raise OptimizeError(f"provider {provider!r} is not known", f"use one of {', '.join(PROVIDERS)}")
-    if provider == "cuda" and not _cuda_available():
+    if provider != "cuda":
+        return
+    on_cpu = "pass --provider cpu to run the same checks on the CPU (RTF not representative)"
+    if not _cuda_available():
+        raise OptimizeError(f"recipe {recipe.name} targets cuda but this onnxruntime has no CUDAExecutionProvider", f"run it on a CUDA machine, or {on_cpu}")
+    from optimize.runtime.session import check_cuda
+
+    try:
+        check_cuda(recipe.provider_options)
+    except OptimizeError as e:
         raise OptimizeError(
-            f"recipe {recipe.name} targets cuda but this onnxruntime has no CUDAExecutionProvider",
-            "run it on a CUDA machine, or pass --provider cpu to run the same checks on the CPU (RTF not representative)",
-        )
+            f"recipe {recipe.name} targets cuda but {e.message}",
+            f"install the CUDA and cuDNN libraries onnxruntime-gpu was built for (its [cuda,cudnn] extras), or {on_cpu}",
+        ) from e
 
 
 def _stage_child(module: str, src: str, dst: str, cfg: object) -> dict:

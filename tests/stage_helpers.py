@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from optimize import contract, graph
 from optimize.cli import app
+from optimize.errors import OptimizeError
 from optimize.evaluate import parity
 from optimize.runtime.session import OrtPair
 
@@ -120,3 +121,14 @@ def run_with_unmeetable_gate(stage: str, pair: Path, tmp: Path) -> Path:
     assert_one_line_failure(cli("run", recipe), f"stage {stage} failed", "min_speedup 1000")
     assert not (tmp / "run" / "final").exists()
     return tmp / "run" / f"1-{stage}"
+
+
+def cuda_starts() -> bool:
+    """Whether the CUDA provider really starts here (onnxruntime-gpu lists it even without libraries or a device)."""
+    from optimize.runtime.session import ProviderOptions, check_cuda
+
+    try:
+        check_cuda(ProviderOptions())
+    except OptimizeError:
+        return False
+    return True

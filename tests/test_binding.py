@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
+from stage_helpers import cuda_starts
 from typer.testing import CliRunner
 
 from optimize.cli import app
@@ -169,8 +170,9 @@ def test_provider_options():
     assert "cudnn_conv_algo_search='heuristic'" in e.value.message and "device_id=-1" in e.value.message
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA EP; test_cuda_bound_logits_match_cpu covers it")
-def test_cuda_without_the_cuda_ep_is_one_error_line(pair, tmp_path):
+@pytest.mark.skipif(cuda_starts(), reason="the CUDA provider starts here; test_cuda_bound_logits_match_cpu covers it")
+def test_cuda_without_a_working_cuda_ep_is_one_error_line(pair, tmp_path):
+    """No CUDA EP (onnxruntime), or one that does not start (onnxruntime-gpu without its libraries or a GPU)."""
     with pytest.raises(OptimizeError) as e:
         Recognizer(pair, provider="cuda")
     assert "CUDAExecutionProvider" in e.value.message and "\n" not in str(e.value)
@@ -182,6 +184,18 @@ def test_cuda_without_the_cuda_ep_is_one_error_line(pair, tmp_path):
     assert result.exit_code != 0 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "CUDAExecutionProvider" in lines[0]
+
+
+def test_cuda_library_problem_names_what_does_not_load(tmp_path, monkeypatch):
+    from optimize.runtime import session
+
+    assert HAS_CUDA or session._cuda_library_problem() is None  # the CPU package has no CUDA library to load
+    capi = tmp_path / "onnxruntime" / "capi"
+    capi.mkdir(parents=True)
+    (capi / "libonnxruntime_providers_cuda.so").write_bytes(b"not a shared object")
+    monkeypatch.setattr(session.ort, "__file__", str(tmp_path / "onnxruntime" / "__init__.py"))
+    problem = session._cuda_library_problem()
+    assert problem is not None and "libonnxruntime_providers_cuda.so" in problem and "\n" not in problem
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA device")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from stage_helpers import assert_one_line_failure, cli, outside_contract_pair, tiny_recipe, truncated_pair
+from stage_helpers import assert_one_line_failure, cli, cuda_starts, outside_contract_pair, tiny_recipe, truncated_pair
 
 from optimize import cache
 
@@ -133,9 +133,8 @@ def test_killed_run_resumes_from_cache_with_same_hashes(e2e, tiny_pair, tmp_path
 
 
 def test_gpu_recipe_without_cuda_says_so_then_runs_on_cpu_when_asked(tiny_pair, tmp_path):
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+    """Without a CUDA EP, or with one that does not start (onnxruntime-gpu without its libraries or a device)."""
+    if cuda_starts():
         pytest.skip("this machine has CUDA: the no-CUDA message cannot be shown")
     recipe = tiny_recipe(tmp_path / "gpu.yaml", tiny_pair, ["simplify", "fuse", "fp16"], tmp_path / "run", provider="cuda",
                          gates={"max_error_rate_increase": 0.1, "min_token_agreement": 0.99, "min_speedup": 1000})  # fmt: skip
@@ -147,6 +146,17 @@ def test_gpu_recipe_without_cuda_says_so_then_runs_on_cpu_when_asked(tiny_pair, 
     rep = report(tmp_path / "run")
     assert rep["provider"] == "cpu" and rep["target_provider"] == "cuda" and not rep["rtf_representative"]
     assert rep["stages"][-1]["token_agreement"] >= 0.99
+
+
+def test_cuda_ep_that_does_not_start_stops_the_run_before_any_stage(tiny_pair, tmp_path, monkeypatch):
+    from optimize import pipeline
+
+    if cuda_starts():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(pipeline, "_cuda_available", lambda: True)  # as onnxruntime-gpu lists it, usable or not
+    recipe = tiny_recipe(tmp_path / "gpu.yaml", tiny_pair, ["fp16"], tmp_path / "run", provider="cuda")
+    assert_one_line_failure(cli("run", recipe), "recipe gpu targets cuda but", "CUDAExecutionProvider", "--provider cpu")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")

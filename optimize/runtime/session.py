@@ -37,6 +37,7 @@ _ORT_ERRORS = (
     _ort_state.EPFail,
 )
 PROVIDERS = ("cpu", "cuda")
+_CUDA_FIX = "install the CUDA and cuDNN libraries onnxruntime-gpu was built for (its [cuda,cudnn] extras), or use --provider cpu"
 CUDNN_CONV_ALGO_SEARCHES = ("HEURISTIC", "EXHAUSTIVE", "DEFAULT")
 ARENA_EXTEND_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
 
@@ -128,15 +129,46 @@ def load_session(path: Path | str | bytes, provider: str, threads: int, options:
     except _ORT_ERRORS + (RuntimeError, ValueError) as e:
         reason = " ".join(str(e).split())
         if provider == "cuda" and "cuda" in reason.lower():
-            raise OptimizeError(f"CUDAExecutionProvider failed for {path}: {reason}", "check the CUDA/cuDNN libraries or use --provider cpu") from e
+            raise OptimizeError(f"CUDAExecutionProvider failed for {path}: {reason}", _CUDA_FIX) from e
         if not isinstance(e, _ORT_ERRORS):
             raise  # not an ORT load failure: a bug, keep the traceback
         raise OptimizeError(f"onnxruntime cannot load {path}: {reason}", "re-export the pair with `optimize export`") from e
     if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-        raise OptimizeError(
-            f"CUDAExecutionProvider failed to initialise for {path}", "check the CUDA/cuDNN libraries or use --provider cpu"
-        )
+        problem = _cuda_library_problem()
+        reason = f"its library does not load: {problem}" if problem else f"device {options.device_id} or its driver is not usable"
+        raise OptimizeError(f"CUDAExecutionProvider of onnxruntime {ort.__version__} did not start for {path}: {reason}", _CUDA_FIX)
     return sess
+
+
+def check_cuda(options: ProviderOptions) -> None:
+    """Start the CUDA EP once on a one-node graph; OptimizeError when it cannot run here.
+
+    onnxruntime-gpu lists CUDAExecutionProvider whether or not its CUDA/cuDNN libraries
+    and a device are present; only a session shows whether it starts.
+    """
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [value], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    load_session(model.SerializeToString(), "cuda", 1, options)
+
+
+def _cuda_library_problem() -> str | None:
+    """Why onnxruntime-gpu's CUDA provider library does not load (a missing CUDA/cuDNN library, usually), or None.
+
+    ORT only logs this reason, which the CLI silences; loading the library ourselves tells it.
+    """
+    import ctypes
+
+    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not lib.is_file():
+        return None
+    try:
+        ctypes.CDLL(str(lib))
+    except OSError as e:
+        return " ".join(str(e).split())
+    return None
 
 
 def _io(args) -> list[tuple[str, int]]:
