@@ -98,7 +98,9 @@ def transform_pair(src: Path, dst: Path, stage: str, transform: GraphTransform) 
             reference = graph.load(src / fname, load_external=False)
             before[role] = graph.op_counts(reference)
             notes += transform(src / fname, tmp / fname, role) or []
+            graph.release_memory()  # before the output is read back, and before the next graph
             after[role] = restore_contract(reference, tmp / fname, f"{stage} ({role})")
+            graph.release_memory()
         shutil.copyfile(tokens, tmp / TOKENS_FILE)
         publish(tmp, dst)
     finally:
