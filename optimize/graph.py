@@ -100,9 +100,9 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def external_files(path: Path) -> list[Path]:
-    """The external-data files an ONNX file refers to (read without loading tensors)."""
-    model = load(path, load_external=False)
+def external_files(path: Path, model: onnx.ModelProto | None = None) -> list[Path]:
+    """The external-data files an ONNX file refers to (read without loading tensors; `model`: `path` already loaded so)."""
+    model = model if model is not None else load(path, load_external=False)
     names: list[str] = []
     for t in model.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:

@@ -118,7 +118,7 @@ def check_input(src: Path) -> None:
         check_io(outputs, io[1], f"{role} outputs", str(src / fname))
         if role == "encoder":
             parse_metadata(dict(graph.metadata(model)), str(src / fname))
-        for data in graph.external_files(src / fname):
+        for data in graph.external_files(src / fname, model):
             links = data.stat().st_nlink if data.is_file() else 1
             if links > 1:  # onnx.load refuses these ("potential hardlink attack"), deep inside a stage
                 raise OptimizeError(
