@@ -60,18 +60,17 @@ def _check_provider(recipe: Recipe, provider: str) -> None:
         raise OptimizeError(f"provider {provider!r} is not known", f"use one of {', '.join(PROVIDERS)}")
     if provider != "cuda":
         return
-    on_cpu = "pass --provider cpu to run the same checks on the CPU (RTF not representative)"
     if not _cuda_available():
-        raise OptimizeError(f"recipe {recipe.name} targets cuda but this onnxruntime has no CUDAExecutionProvider", f"run it on a CUDA machine, or {on_cpu}")
+        raise OptimizeError(
+            f"recipe {recipe.name} targets cuda but this onnxruntime has no CUDAExecutionProvider",
+            "run it on a CUDA machine, or pass --provider cpu to run the same checks on the CPU (RTF not representative)",
+        )
     from optimize.runtime.session import check_cuda
 
     try:
         check_cuda(recipe.provider_options)
     except OptimizeError as e:
-        raise OptimizeError(
-            f"recipe {recipe.name} targets cuda but {e.message}",
-            f"install the CUDA and cuDNN libraries onnxruntime-gpu was built for (its [cuda,cudnn] extras), or {on_cpu}",
-        ) from e
+        raise OptimizeError(f"recipe {recipe.name} targets cuda but {e.message}", f"{e.fix} to run the same checks on the CPU (RTF not representative)") from e
 
 
 def _stage_child(module: str, src: str, dst: str, cfg: object) -> dict:

@@ -18,7 +18,7 @@ import pytest
 from stage_helpers import probe_parity
 
 from optimize import contract, graph
-from optimize.evaluate.memory import PeakRss
+from optimize.evaluate.memory import PeakRss, rss_bytes
 from optimize.runtime.recognizer import Recognizer
 from optimize.runtime.search import DecodeConfig
 from optimize.runtime.tokens import TokenTable
@@ -52,11 +52,6 @@ def test_peak_rss_sees_a_short_allocation():
     assert mem.phases["idle"].peak_bytes < p.peak_bytes
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
-
-
 def test_release_memory_frees_a_model_held_by_a_reference_cycle():
     """As OnnxModel holds a loaded graph: only the cycle collector frees it; the stages call release_memory between graphs."""
     import gc
@@ -69,13 +64,13 @@ def test_release_memory_frees_a_model_held_by_a_reference_cycle():
 
     gc.disable()  # the collector runs only when asked, so the test sees what release_memory does
     try:
-        before = _rss_bytes()
+        before = rss_bytes()
         weights = onnx.numpy_helper.from_array(np.ones(64 << 20, dtype=np.float32), "w")  # 256 MiB
         editor = Editor(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [weights])))
         del weights, editor
-        held = _rss_bytes() - before
+        held = rss_bytes() - before
         graph.release_memory()
-        freed = before + held - _rss_bytes()
+        freed = before + held - rss_bytes()
     finally:
         gc.enable()
     assert held > 200 << 20 and freed > 200 << 20

@@ -67,18 +67,13 @@ class EvalSettings:
     evaluation: EvaluationConfig
     options: ProviderOptions = ProviderOptions()  # the recipe's provider_options
 
-    @property
-    def bound(self) -> bool:
-        """Whether decoding keeps cross K/V and the caches on the device (always on CUDA)."""
-        return self.provider == "cuda" or self.options.io_binding
-
     def timed(self) -> str:
         """What the RTF clock covers, in words."""
         search = "greedy" if self.decode.beam_size == 1 else f"beam {self.decode.beam_size}"
         if self.evaluation.mode == "parity_only":
             return (f"encoder + {self.evaluation.probe_steps} forced greedy decoder steps per synthetic or eval probe, "
                     f"batch 1, {self.provider}, {self.threads} thread(s); audio seconds = frames x 10 ms")  # fmt: skip
-        binding = " with IOBinding" if self.bound else ""
+        binding = " with IOBinding" if self.options.binds(self.provider) else ""
         return (f"encoder + {search} search from CMVN-normalized fbank, batch {self.decode.batch_size}, {self.provider}{binding}, "
                 f"{self.threads} thread(s); excludes audio loading, fbank+CMVN and session creation")  # fmt: skip
 

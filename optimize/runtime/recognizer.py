@@ -115,7 +115,7 @@ class Recognizer:
         self.decode = decode
         self.pair = OrtPair(model_dir, provider=provider, threads=threads, options=options)
         # CUDA always binds: a host round trip of cross K/V and both caches per step is what IOBinding removes
-        self.bound = BoundPair(self.pair) if provider == "cuda" or options.io_binding else None
+        self.bound = BoundPair(self.pair) if options.binds(provider) else None
         self.tokens = TokenTable.read(Path(model_dir) / contract.TOKENS_FILE)
         info = self.pair.info
         if len(self.tokens) != info.vocab_size:

@@ -81,6 +81,10 @@ class ProviderOptions:
                 f"{ARENA_EXTEND_STRATEGIES}, device_id >= 0, gpu_mem_limit >= 0",
             )
 
+    def binds(self, provider: str) -> bool:
+        """Whether the recognizer decodes through IOBinding on `provider`: always on CUDA, on the CPU when asked."""
+        return provider == "cuda" or self.io_binding
+
     def cuda(self) -> dict[str, str]:
         """The CUDA EP's provider options, one visible mapping (ORT takes strings)."""
         opts = {
@@ -146,12 +150,9 @@ def check_cuda(options: ProviderOptions) -> None:
     onnxruntime-gpu lists CUDAExecutionProvider whether or not its CUDA/cuDNN libraries
     and a device are present; only a session shows whether it starts.
     """
-    from onnx import TensorProto, helper
+    from optimize.runtime.binding import zeros_model  # binding imports this module at load time
 
-    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [value], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    load_session(model.SerializeToString(), "cuda", 1, options)
+    load_session(zeros_model().SerializeToString(), "cuda", 1, options)
 
 
 def _cuda_library_problem() -> str | None:

@@ -84,9 +84,11 @@ class FuseConfig:
             if name not in switches or name == "shape_inference":
                 near = difflib.get_close_matches(name, switches, n=1)
                 raise OptimizeError(f"fuse.disable names unknown fusion {name!r}", f"did you mean {near[0]!r}?" if near else f"use some of {', '.join(switches)}")
+        from optimize.stages import GRAPHS
+
         for role in self.firered_graphs:
-            if role not in ("encoder", "decoder"):
-                raise OptimizeError(f"fuse.firered_graphs names unknown graph {role!r}", "use encoder and/or decoder")
+            if role not in GRAPHS:
+                raise OptimizeError(f"fuse.firered_graphs names unknown graph {role!r}", f"use some of {', '.join(GRAPHS)}")
         for name in self.firered_fusions:
             if name not in FIRERED_FUSIONS:
                 have = ", ".join(FIRERED_FUSIONS) or "none registered yet"
