@@ -67,3 +67,29 @@ def test_empty_reference_rate_and_bad_input():
         score(["a"], ["a"], ["fr"])
     with pytest.raises(OptimizeError, match="1 references, 2 hypotheses"):
         score(["a"], ["a", "b"], ["en"])
+
+
+def test_edit_distance_matches_the_dynamic_program():
+    """rapidfuzz against the textbook DP on random token lists, lengths 0..40 (the old implementation)."""
+    import random
+
+    def python_edit_distance(ref, hyp):
+        prev = list(range(len(hyp) + 1))
+        for i, r in enumerate(ref, 1):
+            cur = [i]
+            for j, h in enumerate(hyp, 1):
+                cur.append(min(prev[j - 1] + (r != h), prev[j] + 1, cur[j - 1] + 1))
+            prev = cur
+        return prev[-1]
+
+    rng = random.Random(0)
+    for _ in range(200):
+        ref = [rng.choice("abcde") for _ in range(rng.randint(0, 40))]
+        hyp = [rng.choice("abcde") for _ in range(rng.randint(0, 40))]
+        assert edit_distance(ref, hyp) == python_edit_distance(ref, hyp)
+
+
+def test_substitutions_deletions_insertions():
+    stats = error_stats(["the cat sat on the mat", "a b c"], ["the bat sat on mat", "a b c d e"], "word")
+    assert (stats.substitutions, stats.deletions, stats.insertions) == (1, 1, 2)  # cat->bat, -the, +d +e
+    assert stats.errors == 4 and stats.ref_len == 9

@@ -8,7 +8,8 @@ Normalization (`normalize`), applied to references and hypotheses alike:
    the ASCII apostrophe, so DON'T stays one word while "A,B" becomes two.
 5. Whitespace runs collapse to one space; leading/trailing space is stripped.
 
-Tokens compared by the edit distance (unit costs for substitution, deletion, insertion):
+Tokens compared by the edit distance (unit costs for substitution, deletion, insertion; computed
+by rapidfuzz's C++ Levenshtein, which takes token lists as well as strings):
 - "char" (CER, used for Mandarin): every character of the normalized text, spaces removed.
 - "word" (WER, used for English): whitespace-separated words.
 - "mixed" (the FireRedASR number, fireredasr/utils/wer.py text2tokens): each CJK ideograph is a
@@ -23,10 +24,13 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from rapidfuzz.distance import Levenshtein
+
 from optimize.errors import OptimizeError
 
 _FULL_WIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
-_CJK = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff])")
+# "mixed" tokens: one CJK ideograph, or a run of anything else up to a space or an ideograph
+_MIXED_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]|[^\s\u3400-\u4dbf\u4e00-\u9fff]+")
 UNITS = {"zh": "char", "en": "word"}  # language code -> token unit of its per-language rate
 
 
@@ -34,17 +38,32 @@ UNITS = {"zh": "char", "en": "word"}  # language code -> token unit of its per-l
 class ErrorStats:
     errors: int  # substitutions + deletions + insertions, summed over utterances
     ref_len: int  # reference tokens, summed over utterances
+    substitutions: int = 0  # of one minimal alignment per utterance (the split is not unique, the sum is)
+    deletions: int = 0  # reference tokens missing from the hypothesis
+    insertions: int = 0  # hypothesis tokens not in the reference
     rate: float = field(init=False)  # percent: 100 * errors / ref_len (ref_len 0 counts as 1)
 
     def __post_init__(self):
         object.__setattr__(self, "rate", 100.0 * self.errors / max(self.ref_len, 1))
 
 
+class _PunctuationToSpace(dict):
+    """str.translate table for step 4, filled per code point on first sight (a per-character
+    Python loop over unicodedata costs more than the C edit distance on long texts)."""
+
+    def __missing__(self, code: int) -> str:
+        c = chr(code)
+        self[code] = " " if c != "'" and unicodedata.category(c)[0] in "PS" else c
+        return self[code]
+
+
+_PUNCTUATION = _PunctuationToSpace()
+
+
 def normalize(text: str) -> str:
     """The normalization in the module docstring."""
     text = text.translate(_FULL_WIDTH).replace("<unk>", " ").upper()
-    text = "".join(" " if c != "'" and unicodedata.category(c)[0] in "PS" else c for c in text)
-    return " ".join(text.split())
+    return " ".join(text.translate(_PUNCTUATION).split())
 
 
 def tokenize(text: str, unit: str) -> list[str]:
@@ -54,29 +73,29 @@ def tokenize(text: str, unit: str) -> list[str]:
     if unit == "word":
         return text.split()
     if unit == "mixed":
-        return [tok for part in _CJK.split(text) for tok in ([part] if _CJK.fullmatch(part) else part.split())]
+        return _MIXED_TOKEN.findall(text)
     raise ValueError(f"unknown unit {unit!r}")
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
-    """Levenshtein distance with unit costs."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i]
-        for j, h in enumerate(hyp, 1):
-            cur.append(min(prev[j - 1] + (r != h), prev[j] + 1, cur[j - 1] + 1))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance with unit costs between two token sequences."""
+    return Levenshtein.distance(ref, hyp)
+
+
+def edit_counts(ref: Sequence, hyp: Sequence) -> tuple[int, int, int]:
+    """(substitutions, deletions, insertions) of one minimal alignment of hyp to ref."""
+    ops = [op for op, _, _ in Levenshtein.editops(ref, hyp).as_list()]
+    return ops.count("replace"), ops.count("delete"), ops.count("insert")
 
 
 def error_stats(refs: Sequence[str], hyps: Sequence[str], unit: str) -> ErrorStats:
     """Corpus error rate of raw texts under `normalize` and `tokenize(unit)`."""
-    errors = ref_len = 0
+    sub = dele = ins = ref_len = 0
     for ref, hyp in zip(refs, hyps, strict=True):
         r, h = tokenize(normalize(ref), unit), tokenize(normalize(hyp), unit)
-        errors += edit_distance(r, h)
-        ref_len += len(r)
-    return ErrorStats(errors, ref_len)
+        s, d, i = edit_counts(r, h)
+        sub, dele, ins, ref_len = sub + s, dele + d, ins + i, ref_len + len(r)
+    return ErrorStats(sub + dele + ins, ref_len, sub, dele, ins)
 
 
 def score(refs: Sequence[str], hyps: Sequence[str], langs: Sequence[str]) -> dict[str, ErrorStats]:
