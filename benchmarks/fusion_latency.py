@@ -33,10 +33,8 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from optimize import graph
-from optimize.contract import CROSS_MASK, DECODER_FILE, ENCODER_FILE
+from optimize.contract import CROSS_MASK, DECODER_FILE, ENCODER_FILE, GRAPHS
 from optimize.fusion import fuse_attention
-
-GRAPHS = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
 
 
 @dataclass(frozen=True)

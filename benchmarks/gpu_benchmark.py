@@ -45,7 +45,8 @@ from optimize.errors import OptimizeError
 from optimize.runtime.binding import BoundInference, BoundPair
 from optimize.runtime.recognizer import OrtInference
 from optimize.runtime.search import DecodeConfig, search
-from optimize.runtime.session import OrtPair, ProviderOptions
+from optimize.runtime.providers import ProviderOptions
+from optimize.runtime.session import OrtPair
 
 NEVER = -1  # an EOS id no token can take: the search runs exactly --steps steps
 TORCH_FP32 = "torch fp32"

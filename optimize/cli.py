@@ -81,7 +81,7 @@ def transcribe(
     """Transcribe audio files with an ONNX pair; prints `path<TAB>text` per file."""
     from optimize.runtime.recognizer import Recognizer
     from optimize.runtime.search import DecodeConfig
-    from optimize.runtime.session import ProviderOptions
+    from optimize.runtime.providers import ProviderOptions
 
     _quiet_onnxruntime()
     decode = _replace(DecodeConfig(), beam_size=beam_size, batch_size=batch_size)

@@ -11,11 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+
+from optimize import graph
 from optimize.errors import OptimizeError
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 TOKENS_FILE = "tokens.txt"
+# The two graphs of a pair by role; stages, checks and reports iterate this.
+GRAPHS = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
 
 # (name, onnx elem type) in the published order. 1 = FLOAT, 7 = INT64.
 ENCODER_INPUTS = (("x", 1), ("x_len", 7))
@@ -121,3 +126,39 @@ def model_paths(model_dir: Path) -> tuple[Path, Path, Path]:
     if missing:
         raise OptimizeError(f"{model_dir} lacks {', '.join(missing)}", "export the pair with `optimize export CKPT_DIR -o DIR`")
     return paths  # type: ignore[return-value]
+
+
+# Op types the report counts as "fused" (ORT contrib ops produced by fusion).
+FUSED_OPS = (
+    "Attention",
+    "MultiHeadAttention",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "Gelu",
+    "FastGelu",
+    "BiasGelu",
+    "QuickGelu",
+    "BiasAdd",
+    "EmbedLayerNormalization",
+    "RotaryEmbedding",
+)
+
+
+def verify_contract(reference: onnx.ModelProto, model: onnx.ModelProto, where: str) -> None:
+    """Raise OptimizeError unless `model` keeps `reference`'s I/O, metadata and overridable initializers."""
+    got, want = graph.io_signature(model), graph.io_signature(reference)
+    if got != want:
+        raise OptimizeError(
+            f"{where} changed the graph I/O from {want} to {got}",
+            "the stage must keep names, order and float32/int64 types at the boundary",
+        )
+    if graph.metadata(model) != graph.metadata(reference):
+        raise OptimizeError(f"{where} changed metadata_props", "the stage must keep the encoder metadata byte-for-byte")
+    lost = set(graph.overridable_initializers(reference)) - set(graph.overridable_initializers(model))
+    if lost:
+        raise OptimizeError(
+            f"{where} turned overridable initializer(s) {sorted(lost)} into required inputs or constants",
+            "keep inputs backed by an initializer (cross_attn_mask) overridable",
+        )

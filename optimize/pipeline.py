@@ -22,14 +22,15 @@ from optimize import cache, report
 from optimize.errors import OptimizeError
 from optimize.evaluate.memory import max_rss_bytes
 from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data, quiet
-from optimize.recipe import PROVIDERS, Recipe, Stage, to_dict
+from optimize.recipe import Recipe, Stage, to_dict
+from optimize.runtime.providers import check_provider
 from optimize.stages import STAGES, publish
 
 BASELINE = "baseline"
 # Our modules whose code decides what a stage writes / what an evaluation measures.
 STAGE_CODE = ("optimize.stages", "optimize.graph")
 EVAL_CODE = ("optimize.evaluate.suite", "optimize.evaluate.parity", "optimize.evaluate.rtf", "optimize.evaluate.wer",
-             "optimize.runtime.session", "optimize.runtime.search", "optimize.runtime.recognizer")  # fmt: skip
+             "optimize.runtime.providers", "optimize.runtime.session", "optimize.runtime.search", "optimize.runtime.recognizer")  # fmt: skip
 FINAL = "final"
 Log = Callable[[str], None]
 # What the speedup gate compares, per provider. On the CPU, the process's CPU seconds:
@@ -48,28 +49,13 @@ class Options:
     force: bool = False  # redo cached stages and evaluations
 
 
-def _cuda_available() -> bool:
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
 def _check_provider(recipe: Recipe, provider: str) -> None:
-    """Fail before any stage when the provider cannot run here: no CUDA EP, or one that does not start."""
-    if provider not in PROVIDERS:
-        raise OptimizeError(f"provider {provider!r} is not known", f"use one of {', '.join(PROVIDERS)}")
-    if provider != "cuda":
-        return
-    if not _cuda_available():
-        raise OptimizeError(
-            f"recipe {recipe.name} targets cuda but this onnxruntime has no CUDAExecutionProvider",
-            "run it on a CUDA machine, or pass --provider cpu to run the same checks on the CPU (RTF not representative)",
-        )
-    from optimize.runtime.session import check_cuda
-
+    """Fail before any stage when the provider cannot run here: unknown, no CUDA EP, or one that does not start."""
     try:
-        check_cuda(recipe.provider_options)
+        check_provider(provider, recipe.provider_options)
     except OptimizeError as e:
+        if provider != "cuda":
+            raise
         raise OptimizeError(f"recipe {recipe.name} targets cuda but {e.message}", f"{e.fix} to run the same checks on the CPU (RTF not representative)") from e
 
 

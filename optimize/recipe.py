@@ -20,11 +20,10 @@ import yaml
 
 from optimize.errors import OptimizeError
 from optimize.runtime.search import DecodeConfig
-from optimize.runtime.session import ProviderOptions
+from optimize.runtime.providers import PROVIDERS, ProviderOptions
 from optimize.stages import STAGES, config_class
 
 RUNS_DIR = Path("runs")  # a recipe without `output` writes to runs/<name>
-PROVIDERS = ("cpu", "cuda")
 EVAL_MODES = ("full", "parity_only")
 
 

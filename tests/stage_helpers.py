@@ -125,7 +125,7 @@ def run_with_unmeetable_gate(stage: str, pair: Path, tmp: Path) -> Path:
 
 def cuda_starts() -> bool:
     """Whether the CUDA provider really starts here (onnxruntime-gpu lists it even without libraries or a device)."""
-    from optimize.runtime.session import ProviderOptions, check_cuda
+    from optimize.runtime.providers import ProviderOptions, check_cuda
 
     try:
         check_cuda(ProviderOptions())

@@ -21,7 +21,8 @@ from optimize.errors import OptimizeError
 from optimize.runtime.binding import BoundInference, BoundPair
 from optimize.runtime.recognizer import OrtInference, Recognizer, cross_attention_mask
 from optimize.runtime.search import DecodeConfig
-from optimize.runtime.session import OrtPair, ProviderOptions
+from optimize.runtime.providers import ProviderOptions
+from optimize.runtime.session import OrtPair
 
 pytest.importorskip("torch")
 # The recognizer tests' input-dependent model (its tokens vary with the input and end at EOS
@@ -161,15 +162,6 @@ def test_warmup_runs_and_leaves_results_unchanged(pair, feats):
         rec.warmup(lengths=(0,))
 
 
-def test_provider_options():
-    opts = ProviderOptions()
-    assert opts.cuda() == {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
-    assert ProviderOptions(gpu_mem_limit=2**30, use_tf32=True).cuda()["gpu_mem_limit"] == str(2**30)
-    with pytest.raises(OptimizeError) as e:
-        ProviderOptions(cudnn_conv_algo_search="heuristic", device_id=-1)
-    assert "cudnn_conv_algo_search='heuristic'" in e.value.message and "device_id=-1" in e.value.message
-
-
 @pytest.mark.skipif(cuda_starts(), reason="the CUDA provider starts here; test_cuda_bound_logits_match_cpu covers it")
 def test_cuda_without_a_working_cuda_ep_is_one_error_line(pair, tmp_path):
     """No CUDA EP (onnxruntime), or one that does not start (onnxruntime-gpu without its libraries or a GPU)."""
@@ -184,18 +176,6 @@ def test_cuda_without_a_working_cuda_ep_is_one_error_line(pair, tmp_path):
     assert result.exit_code != 0 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "CUDAExecutionProvider" in lines[0]
-
-
-def test_cuda_library_problem_names_what_does_not_load(tmp_path, monkeypatch):
-    from optimize.runtime import session
-
-    assert HAS_CUDA or session._cuda_library_problem() is None  # the CPU package has no CUDA library to load
-    capi = tmp_path / "onnxruntime" / "capi"
-    capi.mkdir(parents=True)
-    (capi / "libonnxruntime_providers_cuda.so").write_bytes(b"not a shared object")
-    monkeypatch.setattr(session.ort, "__file__", str(tmp_path / "onnxruntime" / "__init__.py"))
-    problem = session._cuda_library_problem()
-    assert problem is not None and "libonnxruntime_providers_cuda.so" in problem and "\n" not in problem
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA device")

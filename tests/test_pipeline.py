@@ -149,11 +149,11 @@ def test_gpu_recipe_without_cuda_says_so_then_runs_on_cpu_when_asked(tiny_pair, 
 
 
 def test_cuda_ep_that_does_not_start_stops_the_run_before_any_stage(tiny_pair, tmp_path, monkeypatch):
-    from optimize import pipeline
+    from optimize.runtime import providers
 
     if cuda_starts():
         pytest.skip("this machine has CUDA")
-    monkeypatch.setattr(pipeline, "_cuda_available", lambda: True)  # as onnxruntime-gpu lists it, usable or not
+    monkeypatch.setattr(providers, "cuda_available", lambda: True)  # as onnxruntime-gpu lists it, usable or not
     recipe = tiny_recipe(tmp_path / "gpu.yaml", tiny_pair, ["fp16"], tmp_path / "run", provider="cuda")
     assert_one_line_failure(cli("run", recipe), "recipe gpu targets cuda but", "CUDAExecutionProvider", "--provider cpu")
     assert not (tmp_path / "run").exists()

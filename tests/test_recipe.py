@@ -10,7 +10,7 @@ import yaml
 
 from optimize.errors import OptimizeError
 from optimize.recipe import Recipe, default, load_recipe, to_dict
-from optimize.runtime.session import ProviderOptions
+from optimize.runtime.providers import ProviderOptions
 from optimize.stages.int8 import Int8Config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,8 +29,7 @@ from optimize.recipe import EvaluationConfig
 from optimize.runtime.audio import encoder_length
 from optimize.runtime.features import SAMPLE_RATE
 from optimize.runtime.search import DecodeConfig
-from optimize.runtime.session import ProviderOptions
-from optimize.stages.fuse import FUSED_OPS
+from optimize.runtime.providers import ProviderOptions
 
 # Ops the report counts besides the fused ones: what fp16 added, what int8 produced.
 TRACKED_OPS = ("Cast", "MatMul", "MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits", "ConvInteger")
@@ -183,13 +182,11 @@ class Evaluator:
         return {"load": {"frames": list(self.settings.evaluation.smoke_frames), "encoder_frames": out}}
 
     def _contract(self, model_dir: Path) -> dict:
-        from optimize.stages import GRAPHS, verify_contract
-
         if self.baseline_dir is None:
             return {}  # OrtPair checked names, types and metadata keys on load
-        for role, fname in GRAPHS.items():
+        for role, fname in contract.GRAPHS.items():
             ref = graph.load(self.baseline_dir / fname, load_external=False)
-            verify_contract(ref, graph.load(model_dir / fname, load_external=False), f"{model_dir.name} ({role})")
+            contract.verify_contract(ref, graph.load(model_dir / fname, load_external=False), f"{model_dir.name} ({role})")
         if (model_dir / contract.TOKENS_FILE).read_bytes() != (self.baseline_dir / contract.TOKENS_FILE).read_bytes():
             raise OptimizeError(f"{model_dir / contract.TOKENS_FILE} differs from the baseline's", "copy tokens.txt unchanged")
         return {}
@@ -266,10 +263,8 @@ class Evaluator:
 
 
 def _ops(model_dir: Path) -> dict:
-    from optimize.stages import GRAPHS
-
-    counts = {role: graph.op_counts(graph.load(model_dir / f, load_external=False)) for role, f in GRAPHS.items()}
+    counts = {role: graph.op_counts(graph.load(model_dir / f, load_external=False)) for role, f in contract.GRAPHS.items()}
     total = lambda ops: sum(c.get(op, 0) for c in counts.values() for op in ops)  # noqa: E731
-    stats = {"fused": total(FUSED_OPS), **{op: total((op,)) for op in TRACKED_OPS}, "nodes": sum(sum(c.values()) for c in counts.values())}
+    stats = {"fused": total(contract.FUSED_OPS), **{op: total((op,)) for op in TRACKED_OPS}, "nodes": sum(sum(c.values()) for c in counts.values())}
     size = sum(p.stat().st_size for p in [*graph.files_of(model_dir / contract.ENCODER_FILE), *graph.files_of(model_dir / contract.DECODER_FILE)])
     return {"ops": counts, "op_stats": stats, "size_mb": size / 1e6}

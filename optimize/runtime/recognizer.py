@@ -13,7 +13,8 @@ from optimize.runtime.audio import MAX_FRAMES, check_length, load_audio
 from optimize.runtime.binding import BoundInference, BoundPair
 from optimize.runtime.features import NUM_MEL_BINS, apply_cmvn, fbank
 from optimize.runtime.search import DecodeConfig, Inference, search
-from optimize.runtime.session import OrtPair, ProviderOptions
+from optimize.runtime.providers import ProviderOptions
+from optimize.runtime.session import OrtPair
 from optimize.runtime.tokens import TokenTable
 
 # Warm-up buckets in fbank frames (1, 3, 10 and 30 s): on CUDA the arena grows and cuDNN

@@ -8,15 +8,12 @@ V = vocabulary size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
-
 from optimize import contract
 from optimize.errors import OptimizeError
+from optimize.runtime.providers import ProviderOptions, load_session
 
 _X, _X_LEN = (name for name, _ in contract.ENCODER_INPUTS)
 _TOKENS, _K_CACHE, _V_CACHE, _CROSS_K, _CROSS_V, _OFFSET = (name for name, _ in contract.DECODER_INPUTS)
@@ -25,152 +22,6 @@ _DEC_OUTPUTS = [name for name, _ in contract.DECODER_OUTPUTS]
 
 # ORT reports I/O types as strings; contract.py uses onnx TensorProto element types.
 _ELEM_TYPES = {"tensor(float)": 1, "tensor(int64)": 7, "tensor(float16)": 10, "tensor(int32)": 6}
-# ORT's pybind exceptions derive from Exception directly, not RuntimeError.
-_ORT_ERRORS = (
-    _ort_state.Fail,
-    _ort_state.InvalidArgument,
-    _ort_state.InvalidGraph,
-    _ort_state.InvalidProtobuf,
-    _ort_state.NoSuchFile,
-    _ort_state.NotImplemented,
-    _ort_state.RuntimeException,
-    _ort_state.EPFail,
-)
-PROVIDERS = ("cpu", "cuda")
-_CUDA_FIX = "install the CUDA and cuDNN libraries onnxruntime-gpu was built for (its [cuda,cudnn] extras), or use --provider cpu"
-CUDNN_CONV_ALGO_SEARCHES = ("HEURISTIC", "EXHAUSTIVE", "DEFAULT")
-ARENA_EXTEND_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
-
-
-@dataclass(frozen=True)
-class ProviderOptions:
-    """How the pair runs on its provider; the CUDA fields reach the CUDA EP, `io_binding` the recognizer.
-
-    CUDA graphs (`enable_cuda_graph`) are left out on purpose: they need fixed shapes and
-    fixed device addresses, which a growing self-cache and variable T never give
-    (ort-toolchain.md §6).
-    """
-
-    # CUDA device ordinal; the encoder outputs and the self-caches live on it between steps
-    device_id: int = 0
-    # cuDNN's default EXHAUSTIVE benchmarks every conv algorithm on each new input shape,
-    # i.e. on every new T; sherpa-onnx found it "extremely slow" and uses HEURISTIC (session.cc)
-    cudnn_conv_algo_search: str = "HEURISTIC"
-    # TF32 matmuls on Ampere/Hopper change fp32 results; off so "fp32" means fp32, as torch's matmul default
-    use_tf32: bool = False
-    # bytes the CUDA arena may hold; 0 = no limit (ORT's default)
-    gpu_mem_limit: int = 0
-    # kSameAsRequested, as ORT's own CudaSession: power-of-two growth over-allocates on long inputs
-    arena_extend_strategy: str = "kSameAsRequested"
-    # keep cross K/V and the self-caches as OrtValues on the device (IOBinding) on the CPU provider
-    # too; the CUDA provider always does (optimize.runtime.binding)
-    io_binding: bool = False
-
-    def __post_init__(self):
-        bad = {
-            "cudnn_conv_algo_search": self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCHES,
-            "arena_extend_strategy": self.arena_extend_strategy not in ARENA_EXTEND_STRATEGIES,
-            "device_id": self.device_id < 0,
-            "gpu_mem_limit": self.gpu_mem_limit < 0,
-        }
-        names = [name for name, is_bad in bad.items() if is_bad]
-        if names:
-            raise OptimizeError(
-                f"invalid provider options {', '.join(f'{n}={getattr(self, n)!r}' for n in names)}",
-                f"use cudnn_conv_algo_search in {CUDNN_CONV_ALGO_SEARCHES}, arena_extend_strategy in "
-                f"{ARENA_EXTEND_STRATEGIES}, device_id >= 0, gpu_mem_limit >= 0",
-            )
-
-    def binds(self, provider: str) -> bool:
-        """Whether the recognizer decodes through IOBinding on `provider`: always on CUDA, on the CPU when asked."""
-        return provider == "cuda" or self.io_binding
-
-    def cuda(self) -> dict[str, str]:
-        """The CUDA EP's provider options, one visible mapping (ORT takes strings)."""
-        opts = {
-            "device_id": str(self.device_id),
-            "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
-            "use_tf32": str(int(self.use_tf32)),
-            "arena_extend_strategy": self.arena_extend_strategy,
-        }
-        if self.gpu_mem_limit:  # ORT's own default is SIZE_MAX; only a limit that was asked for is passed
-            opts["gpu_mem_limit"] = str(self.gpu_mem_limit)
-        return opts
-
-
-def _session_options(threads: int) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads  # 0 = ORT's default (one per physical core)
-    # Errors only: ORT warns on every load that cross_attn_mask is an overridable initializer, by design.
-    opts.log_severity_level = 3
-    return opts
-
-
-def providers(provider: str, options: ProviderOptions) -> list:
-    """The `providers` list for ort.InferenceSession; OptimizeError when `provider` cannot run here."""
-    if provider not in PROVIDERS:
-        raise OptimizeError(f"unknown provider {provider!r}", f"use one of {', '.join(PROVIDERS)}")
-    if provider == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise OptimizeError(
-            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (has {', '.join(ort.get_available_providers())})",
-            "install onnxruntime-gpu matching the CUDA version, or use --provider cpu",
-        )
-    # CPU stays listed for the few ops without a CUDA kernel (shape arithmetic on `offset`)
-    return [("CUDAExecutionProvider", options.cuda()), "CPUExecutionProvider"]
-
-
-def load_session(path: Path | str | bytes, provider: str, threads: int, options: ProviderOptions) -> ort.InferenceSession:
-    """An InferenceSession on `provider` from a file or a serialized model; a CUDA EP that fails to initialise is an OptimizeError."""
-    chosen = providers(provider, options)
-    source, path = (path, "an in-memory graph") if isinstance(path, bytes) else (str(path), path)
-    try:
-        # enable_fallback=0: ORT would otherwise print "EP Error" and quietly rebuild the session,
-        # or re-run a failed step, on the CPU; a CUDA run must fail loudly instead
-        sess = ort.InferenceSession(source, _session_options(threads), providers=chosen, enable_fallback=0)
-    except _ORT_ERRORS + (RuntimeError, ValueError) as e:
-        reason = " ".join(str(e).split())
-        if provider == "cuda" and "cuda" in reason.lower():
-            raise OptimizeError(f"CUDAExecutionProvider failed for {path}: {reason}", _CUDA_FIX) from e
-        if not isinstance(e, _ORT_ERRORS):
-            raise  # not an ORT load failure: a bug, keep the traceback
-        raise OptimizeError(f"onnxruntime cannot load {path}: {reason}", "re-export the pair with `optimize export`") from e
-    if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-        problem = _cuda_library_problem()
-        reason = f"its library does not load: {problem}" if problem else f"device {options.device_id} or its driver is not usable"
-        raise OptimizeError(f"CUDAExecutionProvider of onnxruntime {ort.__version__} did not start for {path}: {reason}", _CUDA_FIX)
-    return sess
-
-
-def check_cuda(options: ProviderOptions) -> None:
-    """Start the CUDA EP once on a one-node graph; OptimizeError when it cannot run here.
-
-    onnxruntime-gpu lists CUDAExecutionProvider whether or not its CUDA/cuDNN libraries
-    and a device are present; only a session shows whether it starts.
-    """
-    from optimize.runtime.binding import zeros_model  # binding imports this module at load time
-
-    load_session(zeros_model().SerializeToString(), "cuda", 1, options)
-
-
-def _cuda_library_problem() -> str | None:
-    """Why onnxruntime-gpu's CUDA provider library does not load (a missing CUDA/cuDNN library, usually), or None.
-
-    ORT only logs this reason, which the CLI silences; loading the library ourselves tells it.
-    """
-    import ctypes
-
-    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
-    if not lib.is_file():
-        return None
-    try:
-        ctypes.CDLL(str(lib))
-    except OSError as e:
-        return " ".join(str(e).split())
-    return None
-
 
 def _io(args) -> list[tuple[str, int]]:
     return [(a.name, _ELEM_TYPES.get(a.type, -1)) for a in args]

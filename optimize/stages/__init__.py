@@ -25,17 +25,17 @@ from typing import Callable
 import onnx
 
 from optimize import graph
-from optimize.contract import (
-    DECODER_FILE,
+from optimize.contract import (  # GRAPHS, verify_contract: re-exported for the stage modules
     DECODER_INPUTS,
     DECODER_OUTPUTS,
-    ENCODER_FILE,
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
+    GRAPHS,
     TOKENS_FILE,
     check_io,
     model_paths,
     parse_metadata,
+    verify_contract,
 )
 from optimize.errors import OptimizeError
 
@@ -46,9 +46,6 @@ STAGES = {
     "int8": "optimize.stages.int8",
     "int8_weight_only": "optimize.stages.int8_weight_only",
 }
-
-GRAPHS = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
-
 
 @dataclass(frozen=True)
 class StageOutput:
@@ -140,24 +137,6 @@ def restore_contract(reference: onnx.ModelProto, out: Path, where: str) -> dict[
         onnx.save_model(model, str(out))
     verify_contract(reference, model, where)
     return graph.op_counts(model)
-
-
-def verify_contract(reference: onnx.ModelProto, model: onnx.ModelProto, where: str) -> None:
-    """Raise OptimizeError unless `model` keeps `reference`'s I/O, metadata and overridable initializers."""
-    got, want = graph.io_signature(model), graph.io_signature(reference)
-    if got != want:
-        raise OptimizeError(
-            f"{where} changed the graph I/O from {want} to {got}",
-            "the stage must keep names, order and float32/int64 types at the boundary",
-        )
-    if graph.metadata(model) != graph.metadata(reference):
-        raise OptimizeError(f"{where} changed metadata_props", "the stage must keep the encoder metadata byte-for-byte")
-    lost = set(graph.overridable_initializers(reference)) - set(graph.overridable_initializers(model))
-    if lost:
-        raise OptimizeError(
-            f"{where} turned overridable initializer(s) {sorted(lost)} into required inputs or constants",
-            "keep inputs backed by an initializer (cross_attn_mask) overridable",
-        )
 
 
 def publish(tmp: Path, dst: Path) -> None:

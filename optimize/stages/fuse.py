@@ -17,6 +17,7 @@ from typing import Callable
 import onnx
 
 from optimize import contract, graph
+from optimize.contract import FUSED_OPS
 from optimize.errors import OptimizeError
 from optimize.stages import StageOutput, transform_pair
 
@@ -36,24 +37,6 @@ def _fuse_attention(model: onnx.ModelProto, role: str):
     from optimize.fusion import fuse_attention  # lazy: the fusion package is only needed here
 
     return fuse_attention(model, role)
-
-# Op types the report counts as "fused" (ORT contrib ops produced by fusion).
-FUSED_OPS = (
-    "Attention",
-    "MultiHeadAttention",
-    "LayerNormalization",
-    "SkipLayerNormalization",
-    "SimplifiedLayerNormalization",
-    "SkipSimplifiedLayerNormalization",
-    "Gelu",
-    "FastGelu",
-    "BiasGelu",
-    "QuickGelu",
-    "BiasAdd",
-    "EmbedLayerNormalization",
-    "RotaryEmbedding",
-)
-
 
 @dataclass(frozen=True)
 class FuseConfig:
