@@ -8,8 +8,6 @@ from stage_helpers import assert_contract_kept, outside_contract_pair, probe_par
 from optimize.errors import OptimizeError
 from optimize.stages import int8_weight_only
 
-pytest.importorskip("onnx_ir", reason="ORT's MatMulNBitsQuantizer needs onnx-ir")
-
 
 @pytest.fixture(scope="module")
 def quantized(tiny_pair, tmp_path_factory):

@@ -44,7 +44,9 @@ STAGES = {
     "fuse": "optimize.stages.fuse",
     "fp16": "optimize.stages.fp16",
     "int8": "optimize.stages.int8",
+    "int8_static": "optimize.stages.int8_static",
     "int8_weight_only": "optimize.stages.int8_weight_only",
+    "int4_weight_only": "optimize.stages.int4_weight_only",
 }
 
 @dataclass(frozen=True)

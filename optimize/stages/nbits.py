@@ -1,0 +1,145 @@
+"""What the weight-only stages share: MatMul weights to n-bit blocks (com.microsoft MatMulNBits).
+
+`int8_weight_only` and `int4_weight_only` differ only in the bit width and their defaults.
+The body here quantizes the graphs a config names with ORT's MatMulNBitsQuantizer (it
+imports the `onnx-ir` package), and checks the host's M = 1 kernel on the first quantized
+weight of each graph: onnxruntime #29853 (4-bit with zero points, AVX2 without AVX-512)
+computes a decoder step with about 46% error while every M > 1 shape is right, so a graph
+that passes a batched check can still decode wrongly one row at a time.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from optimize import graph
+from optimize.errors import OptimizeError
+from optimize.stages import GRAPHS, StageOutput, transform_pair
+
+# M = 1 output vs the dequantized weights' float product: activations are rounded to int8
+# per block at accuracy_level 4 (about 1% here), the #29853 failure is about 46%
+MAX_M1_ERROR = 0.05
+
+
+def quantizer():
+    """ORT's (DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer); OptimizeError without onnx-ir."""
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    except ImportError as e:
+        raise OptimizeError(f"onnxruntime's MatMulNBitsQuantizer cannot be imported ({e})", "pip install onnx-ir") from e
+    return DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+
+def check_config(stage: str, block_size: int, accuracy_level: int, graphs: tuple[str, ...]) -> None:
+    """The checks both weight-only configs make, with the stage's name in the message."""
+    if block_size < 16 or block_size & (block_size - 1):
+        raise OptimizeError(f"{stage}.block_size is {block_size}", "use a power of two >= 16, e.g. 32")
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise OptimizeError(f"{stage}.accuracy_level is {accuracy_level}", "use 0..4 (4 = int8 compute on CPU)")
+    if not graphs or set(graphs) - set(GRAPHS):
+        raise OptimizeError(f"{stage}.graphs is {list(graphs)}", f"name one or both of {', '.join(GRAPHS)}")
+
+
+def run_pair(src: Path, dst: Path, stage: str, bits: int, cfg) -> StageOutput:
+    """Quantize the graphs in `cfg.graphs` of `src` into `dst` (the others are copied)."""
+    src = Path(src)
+    names = [n.name for f in GRAPHS.values() for n in graph.load(src / f, load_external=False).graph.node]
+    for p in cfg.nodes_to_exclude:
+        if not fnmatch.filter(names, p):
+            raise OptimizeError(f"{stage}.nodes_to_exclude pattern {p!r} matches no node", "use node names as in the stage's input graphs")
+    quantizer()  # fail before writing anything when onnx-ir is missing
+    record: dict = {}
+    before, after, notes = transform_pair(src, dst, stage, _transform(stage, bits, cfg, record))
+    for role in after:
+        record[role]["MatMulNBits"] = after[role].get("MatMulNBits", 0)
+    if not any(after[r].get("MatMulNBits", 0) for r in cfg.graphs):
+        notes += ("no MatMul had a constant weight to quantize",)
+    return StageOutput(before, after, notes, record)
+
+
+def _transform(stage: str, bits: int, cfg, record: dict):
+    def transform(src: Path, out: Path, role: str) -> list[str]:
+        if role not in cfg.graphs:
+            record[role] = {"excluded_nodes": f"all (not in {stage}.graphs)"}
+            for f in graph.files_of(src):
+                shutil.copyfile(f, out.parent / f.name)
+            return [f"{role} kept as it was ({stage}.graphs)"]
+        algo_class, quantizer_class = quantizer()
+        model = graph.load(src)
+        excluded = [n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, p) for p in cfg.nodes_to_exclude)]
+        kwargs = dict(block_size=cfg.block_size, is_symmetric=cfg.is_symmetric, accuracy_level=cfg.accuracy_level, bits=bits)
+        try:
+            q = quantizer_class(model, nodes_to_exclude=excluded, algo_config=algo_class(**kwargs), **kwargs)
+            q.process()
+        except Exception as e:  # the quantizer raises assorted errors on graphs it cannot handle
+            raise OptimizeError(f"MatMulNBits quantization failed on the {role}: {str(e).splitlines()[0][:300]}", f"exclude the failing node with {stage}.nodes_to_exclude") from e
+        result = q.model.model
+        m1 = m1_error(result)
+        record[role] = {"excluded_nodes": excluded, "m1_error": m1}
+        if m1 is not None and m1 > MAX_M1_ERROR:
+            raise OptimizeError(
+                f"{stage}: this CPU's MatMulNBits M=1 kernel is off by {m1:.0%} on the {role} (onnxruntime #29853)",
+                f"set {stage}.is_symmetric: true (no zero points), or use int8",
+            )
+        graph.save(result, out)
+        return []
+
+    return transform
+
+
+def m1_error(model: onnx.ModelProto, k_rows: int = 1) -> float | None:
+    """Relative error of the host's MatMulNBits at M = 1 on the first such node of `model`.
+
+    The reference is x @ W' in float64, W' = the node's dequantized weights, so the figure
+    measures the kernel, not the quantization. None when the graph has no MatMulNBits.
+    """
+    import onnxruntime as ort
+
+    node = next((n for n in model.graph.node if n.op_type == "MatMulNBits"), None)
+    if node is None:
+        return None
+    inits = {t.name: t for t in model.graph.initializer if t.name in node.input}
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    weights = {name: numpy_helper.to_array(inits[name]) for name in node.input[1:] if name in inits}
+    w = dequantize(weights[node.input[1]], weights[node.input[2]], weights.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None, attrs)
+    one = helper.make_node("MatMulNBits", ["x", *node.input[1:]], ["y"], domain="com.microsoft", **attrs)
+    k = attrs["K"]
+    g = helper.make_graph([one], "m1", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [k_rows, k])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [k_rows, attrs["N"]])],
+                          [inits[n] for n in node.input[1:] if n in inits])  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = 1, 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((k_rows, k)).astype(np.float32)
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    got = sess.run(None, {"x": x})[0]
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def dequantize(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, attrs: dict) -> np.ndarray:
+    """The float weights a MatMulNBits node stands for, shape = (K, N), float32.
+
+    packed: uint8, shape = (N, blocks, block_size x bits / 8), low nibble first for 4 bits.
+    scales: shape = (N x blocks,) or (N, blocks). zero_points: packed like the weights
+    (one per block), or None for the symmetric midpoint 2^(bits-1).
+    """
+    k, n, bits, bs = attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
+    blocks = -(-k // bs)
+    q = packed.reshape(n, blocks, -1)
+    if bits == 4:
+        q = np.stack([q & 0x0F, q >> 4], axis=-1).reshape(n, blocks, bs)
+    zp = np.full((n, blocks), 1 << (bits - 1), dtype=np.float32)
+    if zero_points is not None:
+        z = zero_points.reshape(n, -1)
+        if bits == 4:
+            z = np.stack([z & 0x0F, z >> 4], axis=-1).reshape(n, -1)
+        zp = z[:, :blocks].astype(np.float32)
+    w = (q.astype(np.float32) - zp[..., None]) * scales.reshape(n, blocks)[..., None].astype(np.float32)
+    return w.reshape(n, blocks * bs)[:, :k].T
