@@ -140,8 +140,8 @@ def run(
     _quiet_onnxruntime()
     cfg = _replace(load_recipe(recipe), model=model, data=data, output=output, threads=threads)
     result = pipeline.run(cfg, pipeline.Options(provider=provider, force=force), log=_log, progress=_bar)
-    widths = [max(len(c), *(len(r[i]) for r in report.table_rows(result))) for i, c in enumerate(report.COLUMNS)]
-    for cells in [list(report.COLUMNS), *report.table_rows(result)]:
+    widths = [max(len(c), *(len(r[i]) for r in report.table_rows(result))) for i, c in enumerate(report.HEADERS)]
+    for cells in [list(report.HEADERS), *report.table_rows(result)]:
         typer.echo("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     if not result["rtf_representative"]:
         typer.echo(f"RTF not representative: recipe targets {result['target_provider']}, ran on {result['provider']}")
@@ -179,7 +179,7 @@ def eval_(
     rtf = m["rtf"]
     rates = ", ".join(f"{k} {v:.2f}%" for k, v in (m.get("error_rates") or {}).items()) or "n/a (parity_only)"
     typer.echo(f"error rate: {rates}")
-    if "token_agreement" in m:
+    if m["token_agreement"] is not None:
         typer.echo(f"vs reference: token agreement {m['token_agreement']:.3f}, error rate delta {result.get('delta_error_rate')}, speedup {result['speedup']:.2f}x")
     typer.echo(f"RTF {rtf['rtf']:.4f} (p50 {rtf['p50']:.4f}, p90 {rtf['p90']:.4f}) over {rtf['items']} items: {rtf['timed']}")
     typer.echo(f"size {m['size_mb']:.2f} MB; ops {m['op_stats']}")

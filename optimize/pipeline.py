@@ -21,6 +21,7 @@ from typing import Callable
 from optimize import cache, report
 from optimize.errors import OptimizeError
 from optimize.evaluate.memory import max_rss_bytes
+from optimize.evaluate.metrics import SPEEDUP_BASIS, Comparison, Metrics, compare
 from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data, quiet
 from optimize.recipe import Recipe, Stage, to_dict
 from optimize.runtime.providers import check_provider
@@ -29,16 +30,10 @@ from optimize.stages import STAGES, publish
 BASELINE = "baseline"
 # Our modules whose code decides what a stage writes / what an evaluation measures.
 STAGE_CODE = ("optimize.stages", "optimize.graph")
-EVAL_CODE = ("optimize.evaluate.suite", "optimize.evaluate.parity", "optimize.evaluate.rtf", "optimize.evaluate.wer",
+EVAL_CODE = ("optimize.evaluate.suite", "optimize.evaluate.metrics", "optimize.evaluate.parity", "optimize.evaluate.rtf", "optimize.evaluate.wer",
              "optimize.runtime.providers", "optimize.runtime.session", "optimize.runtime.search", "optimize.runtime.recognizer")  # fmt: skip
 FINAL = "final"
 Log = Callable[[str], None]
-# What the speedup gate compares, per provider. On the CPU, the process's CPU seconds:
-# with a fixed thread count they measure the graph's work, while the wall clock of a
-# shared machine mostly measures the neighbours (seen here: wall RTF 12x the CPU RTF,
-# a stage "0.88x" in wall-clock and 1.05x in CPU time). On CUDA the host waits for the
-# device, so only the wall clock means anything.
-SPEEDUP_BASIS = {"cpu": "cpu_rtf", "cuda": "rtf"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +83,7 @@ def _transform(stage: Stage, src: Path, dst: Path) -> dict:
     return result
 
 
-def _evaluate_child(evaluator: Evaluator, stage_dir: str, input_dir: str | None, progress: Progress) -> tuple[dict, dict, float]:
+def _evaluate_child(evaluator: Evaluator, stage_dir: str, input_dir: str | None, progress: Progress) -> tuple[Metrics, dict, float]:
     """Body of the evaluation child: the metrics, the evaluator's probe runs (reused by later stages), peak RSS."""
     import onnxruntime
 
@@ -99,7 +94,7 @@ def _evaluate_child(evaluator: Evaluator, stage_dir: str, input_dir: str | None,
     return metrics, new_runs, max_rss_bytes() / 2**20
 
 
-def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | None, progress: Progress) -> dict:
+def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | None, progress: Progress) -> Metrics:
     """Evaluate in a fresh process, like the stages: the sessions' memory (several GB per
     pair at AED-L size, kept by the allocator after the sessions close) leaves with it, so
     the parent stays small while the next stage runs. Its peak RSS joins the metrics."""
@@ -112,7 +107,7 @@ def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | 
         job = pool.submit(_evaluate_child, child, str(stage_dir), None if input_dir is None else str(input_dir), progress)
         metrics, runs, peak_mb = job.result()
     evaluator.probe_runs.update(runs)
-    return metrics | {"eval_peak_rss_mb": peak_mb}
+    return dataclasses.replace(metrics, eval_peak_rss_mb=peak_mb)
 
 
 def _import_baseline(src: Path, dst: Path) -> dict:
@@ -145,7 +140,7 @@ def _produce(stage: Stage, src: Path, dst: Path, force: bool, log: Log) -> dict:
     return record | {"cached": False}
 
 
-def _evaluate(evaluator: Evaluator, record: dict, stage_dir: Path, input_dir: Path | None, settings: dict, force: bool, progress: Progress) -> dict:
+def _evaluate(evaluator: Evaluator, record: dict, stage_dir: Path, input_dir: Path | None, settings: dict, force: bool, progress: Progress) -> Metrics:
     """Metrics of a stage's pair, from the record when its evaluation key matches."""
     def outputs(d: Path | None) -> dict | None:
         return cache.read_record(d)["outputs"] if d else None
@@ -154,49 +149,31 @@ def _evaluate(evaluator: Evaluator, record: dict, stage_dir: Path, input_dir: Pa
     key = cache.key("evaluation", record["outputs"], settings | {"references": refs, "code": cache.code_digest(*EVAL_CODE)})
     cached = record.get("evaluation", {})
     if not force and cached.get("key") == key:
-        return cached["metrics"]
+        return Metrics.from_json(cached["metrics"])
     metrics = _evaluate_in_child(evaluator, stage_dir, input_dir, progress)
-    cache.write_record(stage_dir, {k: v for k, v in record.items() if k != "cached"} | {"evaluation": {"key": key, "metrics": metrics}})
+    cache.write_record(stage_dir, {k: v for k, v in record.items() if k != "cached"} | {"evaluation": {"key": key, "metrics": metrics.to_json()}})
     return metrics
 
 
-def _judge(metrics: dict, baseline: dict | None, recipe: Recipe, provider: str, representative: bool) -> tuple[dict, list[str]]:
-    """Gate values of a stage against the baseline, and the failures (checks first)."""
-    failures = list(metrics["failures"])
-    if baseline is None or failures:
-        return {"delta_error_rate": 0.0 if baseline is None else None, "speedup": 1.0 if baseline is None else None}, failures
-    g = recipe.gates
-    er, base_er = metrics.get("error_rate"), baseline.get("error_rate")
-    delta = None if er is None or base_er is None else er - base_er
-    basis = SPEEDUP_BASIS[provider]
-    speedup = baseline["rtf"][basis] / max(metrics["rtf"][basis], 1e-12)
-    agreement = metrics.get("token_agreement")
+def _judge(metrics: Metrics, baseline: Metrics | None, recipe: Recipe, provider: str, representative: bool) -> tuple[Comparison | None, list[str]]:
+    """The stage against the baseline (None when a check failed), and the failures (checks first)."""
+    failures = list(metrics.failures)
+    if baseline is None:
+        return Comparison(0.0, 1.0, SPEEDUP_BASIS[provider]), failures  # the baseline against itself
+    if failures:
+        return None, failures
+    g, judged = recipe.gates, compare(metrics, baseline, provider)
+    delta, agreement = judged.delta_error_rate, metrics.token_agreement
     if delta is not None and delta > g.max_error_rate_increase:
-        failures.append(f"gate: error rate {er:.2f}% is {delta:+.2f} points over the baseline, max_error_rate_increase is {g.max_error_rate_increase}")
+        failures.append(f"gate: error rate {metrics.error_rate:.2f}% is {delta:+.2f} points over the baseline, max_error_rate_increase is {g.max_error_rate_increase}")
     if agreement is not None and agreement < g.min_token_agreement:
         failures.append(f"gate: token agreement {agreement:.3f} with the baseline is below min_token_agreement {g.min_token_agreement}")
-    cosine = ((metrics.get("parity") or {}).get("vs_baseline") or {}).get("teacher_forced_cosine")
+    cosine = ((metrics.parity or {}).get("vs_baseline") or {}).get("teacher_forced_cosine")
     if cosine is not None and cosine < g.min_logits_cosine:
         failures.append(f"gate: teacher-forced logits cosine {cosine:.5f} with the baseline is below min_logits_cosine {g.min_logits_cosine}")
-    if representative and speedup < g.min_speedup:
-        failures.append(f"gate: speedup {speedup:.2f}x over the baseline ({basis}) is below min_speedup {g.min_speedup}")
-    return {"delta_error_rate": delta, "speedup": speedup}, failures
-
-
-def _row(stage: Stage, stage_dir: Path, record: dict, metrics: dict, judged: dict, failures: list[str]) -> dict:
-    rtf = metrics.get("rtf") or {}
-    return {
-        "name": stage.name, "path": str(stage_dir), "error_rate": metrics.get("error_rate"),
-        "delta_error_rate": judged["delta_error_rate"], "error_rate_vs_baseline": metrics.get("error_rate_vs_baseline"),
-        "token_agreement": metrics.get("token_agreement", 1.0 if stage.name == BASELINE else None),
-        "rtf": rtf.get("rtf"), "rtf_p50": rtf.get("p50"), "rtf_p90": rtf.get("p90"), "rtf_cpu": rtf.get("cpu_rtf"),
-        "speedup": judged["speedup"],
-        "size_mb": metrics.get("size_mb"), "peak_rss_mb": record.get("peak_rss_mb"), "eval_peak_rss_mb": metrics.get("eval_peak_rss_mb"),
-        "seconds": record.get("seconds"),
-        "cached": record["cached"], "notes": record["output"].get("notes", []), "changes": record["output"].get("details"),
-        "op_stats": metrics.get("op_stats"),
-        "parity": metrics.get("parity"), "outputs": record["outputs"], "passed": not failures, "failures": failures,
-    }  # fmt: skip
+    if representative and judged.speedup < g.min_speedup:
+        failures.append(f"gate: speedup {judged.speedup:.2f}x over the baseline ({judged.basis}) is below min_speedup {g.min_speedup}")
+    return judged, failures
 
 
 def _publish_final(src: Path, run_dir: Path) -> Path:
@@ -228,17 +205,18 @@ def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None,
         try:
             record = _produce(stage, src, stage_dir, options.force, log)
         except OptimizeError as e:
-            rows.append({"name": stage.name, "path": str(stage_dir), "passed": False, "failures": [f"stage: {e}"]})
+            rows.append(report.Row(stage.name, str(stage_dir), passed=False, failures=[f"stage: {e}"]))
             report.write(run_dir, header, rows, None)
             raise OptimizeError(f"stage {stage.name} failed: {e.message}", f"{e.fix}; nothing was published") from e
         if evaluator is None:
             evaluator = Evaluator(load_data(stage_dir, recipe.data, settings, progress), settings, stage_dir)
         eval_settings = dataclasses.asdict(settings) | {"data": evaluator.data.digest}
         metrics = _evaluate(evaluator, record, stage_dir, None if index == 0 else src, eval_settings, options.force, progress)
-        if index == 0 and not metrics["failures"]:
-            evaluator.baseline = metrics
+        if index == 0:
+            metrics = dataclasses.replace(metrics, token_agreement=1.0)  # the baseline agrees with itself
+            evaluator.baseline = metrics if metrics.passed else None
         judged, failures = _judge(metrics, evaluator.baseline if index else None, recipe, provider, representative)
-        rows.append(_row(stage, stage_dir, record, metrics, judged, failures))
+        rows.append(report.Row.of(stage.name, stage_dir, record, metrics, judged, failures))
         report.write(run_dir, header, rows, None)
         if failures:
             raise OptimizeError(f"stage {stage.name} failed {failures[0]}", f"the artifact stays in {stage_dir} for inspection; nothing was published")
@@ -255,14 +233,12 @@ def evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, re
                  "threads": settings.threads, "rtf_timed": settings.timed(), "reference": None if reference is None else str(reference)}  # fmt: skip
     if reference is not None:
         evaluator.baseline = evaluator.evaluate(Path(reference), None, progress)
-        if evaluator.baseline["failures"]:
-            raise OptimizeError(f"reference {reference} failed {evaluator.baseline['failures'][0]}", "pass a working fp32 pair as --reference")
-        out["reference_metrics"] = evaluator.baseline
+        if not evaluator.baseline.passed:
+            raise OptimizeError(f"reference {reference} failed {evaluator.baseline.failures[0]}", "pass a working fp32 pair as --reference")
+        out["reference_metrics"] = evaluator.baseline.to_json()
     metrics = evaluator.evaluate(Path(model_dir), None, progress)
-    out["metrics"] = metrics
-    if reference is not None and not metrics["failures"]:
-        base, er = evaluator.baseline, metrics.get("error_rate")
-        out["delta_error_rate"] = None if er is None or base.get("error_rate") is None else er - base["error_rate"]
-        basis = SPEEDUP_BASIS[settings.provider]
-        out["speedup"] = base["rtf"][basis] / max(metrics["rtf"][basis], 1e-12)
+    out["metrics"] = metrics.to_json()
+    if reference is not None and metrics.passed:
+        judged = compare(metrics, evaluator.baseline, settings.provider)
+        out["delta_error_rate"], out["speedup"] = judged.delta_error_rate, judged.speedup
     return out

@@ -6,13 +6,61 @@ far it got and why it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from optimize import cache
+from optimize.evaluate.metrics import Comparison, Metrics
 
 JSON, MARKDOWN, PLOT = "report.json", "report.md", "report.png"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stage of a run as report.json records it (every field) and report.md shows it (COLUMNS)."""
+
+    name: str  # the recipe word ("baseline" for the imported fp32 pair)
+    path: str  # the stage directory
+    passed: bool
+    failures: list[str]  # "<check>: <reason>" or "gate: ..." or "stage: ..."
+    error_rate: float | None = None  # mixed error rate in %
+    delta_error_rate: float | None = None  # points over the baseline
+    error_rate_vs_baseline: float | None = None  # with the baseline's hypotheses as references
+    token_agreement: float | None = None  # fraction equal to the baseline's tokens
+    rtf: float | None = None  # wall-clock RTF of the timed pass
+    rtf_p50: float | None = None
+    rtf_p90: float | None = None
+    rtf_cpu: float | None = None  # CPU-seconds RTF
+    speedup: float | None = None  # baseline RTF / stage RTF on the provider's basis
+    size_mb: float | None = None
+    peak_rss_mb: float | None = None  # the stage's own process
+    eval_peak_rss_mb: float | None = None  # the evaluation's own process
+    seconds: float | None = None  # the stage's transform time
+    cached: bool | None = None  # the stage's output came from the cache
+    notes: list[str] = field(default_factory=list)  # what the stage says about itself
+    changes: dict | None = None  # the stage's details (resolved options, excluded nodes)
+    op_stats: dict | None = None
+    parity: dict | None = None
+    outputs: dict | None = None  # file name -> sha256
+
+    @classmethod
+    def of(cls, name: str, path: Path, record: dict, metrics: Metrics, judged: Comparison | None, failures: list[str]) -> Row:
+        """The row of a stage that ran: its stage.json record, its metrics and the gates' comparison."""
+        rtf = metrics.rtf or {}
+        return cls(
+            name=name, path=str(path), passed=not failures, failures=failures,
+            error_rate=metrics.error_rate, delta_error_rate=None if judged is None else judged.delta_error_rate,
+            error_rate_vs_baseline=metrics.error_rate_vs_baseline, token_agreement=metrics.token_agreement,
+            rtf=rtf.get("rtf"), rtf_p50=rtf.get("p50"), rtf_p90=rtf.get("p90"), rtf_cpu=rtf.get("cpu_rtf"),
+            speedup=None if judged is None else judged.speedup, size_mb=metrics.size_mb, peak_rss_mb=record.get("peak_rss_mb"),
+            eval_peak_rss_mb=metrics.eval_peak_rss_mb, seconds=record.get("seconds"), cached=record["cached"],
+            notes=record["output"].get("notes", []), changes=record["output"].get("details"), op_stats=metrics.op_stats,
+            parity=metrics.parity, outputs=record["outputs"],
+        )  # fmt: skip
 
 
 def header(recipe, resolved: dict, provider: str, representative: bool, timed: str, speedup_basis: str) -> dict:
@@ -41,12 +89,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write(run_dir: Path, head: dict, rows: list[dict], final: Path | None) -> dict:
-    """Write the three report files; returns the report."""
+def write(run_dir: Path, head: dict, rows: list[Row], final: Path | None) -> dict:
+    """Write the three report files; returns the report (its "stages" are the Rows)."""
     run_dir = Path(run_dir)
-    passed = final is not None and all(r["passed"] for r in rows)
+    passed = final is not None and all(r.passed for r in rows)
     data = head | {"stages": rows, "passed": passed, "final": None if final is None else str(final)}
-    _atomic_write(run_dir / JSON, json.dumps(data, indent=2, default=str).encode())
+    as_json = data | {"stages": [dataclasses.asdict(r) for r in rows]}
+    _atomic_write(run_dir / JSON, json.dumps(as_json, indent=2, default=str).encode())
     _atomic_write(run_dir / MARKDOWN, markdown(data).encode())
     plot(data, run_dir / PLOT)
     return data
@@ -56,22 +105,35 @@ def _num(value, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-COLUMNS = ("stage", "error rate %", "Δ points", "agreement", "RTF", "p50", "p90", "CPU RTF", "speedup", "MB", "stage peak MB", "eval peak MB", "fused", "Casts", "MatMulInteger", "passed")
+def _op(name: str) -> Callable[[Row], str]:
+    return lambda r: _num((r.op_stats or {}).get(name), "d")
+
+
+# The stage table: (header, cell of a Row). A new column is one Row field and one entry here.
+COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
+    ("stage", lambda r: r.name),
+    ("error rate %", lambda r: _num(r.error_rate, ".2f")),
+    ("Δ points", lambda r: _num(r.delta_error_rate, "+.2f")),
+    ("agreement", lambda r: _num(r.token_agreement, ".3f")),
+    ("RTF", lambda r: _num(r.rtf, ".4f")),
+    ("p50", lambda r: _num(r.rtf_p50, ".4f")),
+    ("p90", lambda r: _num(r.rtf_p90, ".4f")),
+    ("CPU RTF", lambda r: _num(r.rtf_cpu, ".4f")),
+    ("speedup", lambda r: _num(r.speedup, ".2f")),
+    ("MB", lambda r: _num(r.size_mb, ".2f")),
+    ("stage peak MB", lambda r: _num(r.peak_rss_mb, ".0f")),
+    ("eval peak MB", lambda r: _num(r.eval_peak_rss_mb, ".0f")),
+    ("fused", _op("fused")),
+    ("Casts", _op("Cast")),
+    ("MatMulInteger", _op("MatMulInteger")),
+    ("passed", lambda r: "yes" if r.passed else "NO"),
+)
+HEADERS = tuple(h for h, _ in COLUMNS)
 
 
 def table_rows(report: dict) -> list[list[str]]:
     """The stage table as strings, one list per stage (report.md and the CLI print it)."""
-    out = []
-    for r in report["stages"]:
-        ops = r.get("op_stats") or {}
-        out.append([
-            r["name"], _num(r.get("error_rate"), ".2f"), _num(r.get("delta_error_rate"), "+.2f"),
-            _num(r.get("token_agreement"), ".3f"), _num(r.get("rtf"), ".4f"), _num(r.get("rtf_p50"), ".4f"),
-            _num(r.get("rtf_p90"), ".4f"), _num(r.get("rtf_cpu"), ".4f"), _num(r.get("speedup"), ".2f"), _num(r.get("size_mb"), ".2f"),
-            _num(r.get("peak_rss_mb"), ".0f"), _num(r.get("eval_peak_rss_mb"), ".0f"), _num(ops.get("fused"), "d"), _num(ops.get("Cast"), "d"),
-            _num(ops.get("MatMulInteger"), "d"), "yes" if r["passed"] else "NO",
-        ])  # fmt: skip
-    return out
+    return [[cell(r) for _, cell in COLUMNS] for r in report["stages"]]
 
 
 def markdown(report: dict) -> str:
@@ -86,15 +148,13 @@ def markdown(report: dict) -> str:
         + ("" if report["rtf_representative"] else " **Not representative: not run on the target provider.**"),
         f"Gates: {', '.join(f'{k} {v}' for k, v in report['gates'].items())}.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "---|" * len(HEADERS),
     ]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report)]
     for r in report["stages"]:
-        for note in r.get("notes") or []:
-            lines.append(f"- {r['name']}: {note}")
-        for failure in r.get("failures") or []:
-            lines.append(f"- **{r['name']} failed** {failure}")
+        lines += [f"- {r.name}: {note}" for note in r.notes]
+        lines += [f"- **{r.name} failed** {failure}" for failure in r.failures]
     if report["final"]:
         lines.append(f"\nPublished: `{report['final']}`")
     return "\n".join(lines) + "\n"
@@ -108,13 +168,13 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = report["stages"]
-    names = [r["name"] for r in rows]
-    has_er = any(r.get("error_rate") is not None for r in rows)
-    left = [r.get("error_rate") if has_er else r.get("token_agreement") for r in rows]
+    names = [r.name for r in rows]
+    has_er = any(r.error_rate is not None for r in rows)
+    left = [r.error_rate if has_er else r.token_agreement for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax1.bar(names, [v or 0 for v in left], color="tab:blue")
     ax1.set_title("error rate (%)" if has_er else "token agreement with baseline")
-    ax2.bar(names, [r.get("rtf") or 0 for r in rows], color=["tab:green" if r["passed"] else "tab:red" for r in rows])
+    ax2.bar(names, [r.rtf or 0 for r in rows], color=["tab:green" if r.passed else "tab:red" for r in rows])
     ax2.set_title("RTF" + ("" if report["rtf_representative"] else " (not representative)"))
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=20)

@@ -25,6 +25,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from optimize import contract, graph
 from optimize.errors import OptimizeError
 from optimize.evaluate import parity, rtf
+from optimize.evaluate.metrics import Metrics
 from optimize.recipe import EvaluationConfig
 from optimize.runtime.audio import encoder_length
 from optimize.runtime.features import SAMPLE_RATE
@@ -132,13 +133,13 @@ class Evaluator:
 
     def __init__(self, data: EvalData, settings: EvalSettings, baseline_dir: Path | None):
         self.data, self.settings, self.baseline_dir = data, settings, baseline_dir
-        self.baseline: dict | None = None  # the baseline's metrics, set by the caller once known
+        self.baseline: Metrics | None = None  # the baseline's metrics, set by the caller once known
         self.probe_runs: dict[str, list[parity.ProbeRun]] = {}  # by resolved pair directory
 
-    def evaluate(self, model_dir: Path, input_dir: Path | None = None, progress: Progress = quiet) -> dict:
-        """All checks on `model_dir`; returns JSON-able metrics with `failures` (empty when all ran)."""
+    def evaluate(self, model_dir: Path, input_dir: Path | None = None, progress: Progress = quiet) -> Metrics:
+        """All checks on `model_dir`; `failures` is empty when all ran."""
         model_dir = Path(model_dir)
-        metrics: dict = {"checks": [], "failures": []}
+        metrics = Metrics()
         checks = [
             ("load", lambda: self._load(model_dir)),
             ("contract", lambda: self._contract(model_dir)),
@@ -148,15 +149,15 @@ class Evaluator:
         ]
         for name, check in checks:
             try:
-                metrics.update(check())
+                metrics = dataclasses.replace(metrics, **check())
             except OptimizeError as e:
-                metrics["failures"].append(f"{name}: {e}")
+                metrics.failures.append(f"{name}: {e}")
                 break
             except ORT_RUN_ERRORS as e:
                 reason = " ".join(str(e).split())[:400]
-                metrics["failures"].append(f"{name}: onnxruntime failed at run time: {reason} (the stage broke the graph; inspect it or drop the stage)")
+                metrics.failures.append(f"{name}: onnxruntime failed at run time: {reason} (the stage broke the graph; inspect it or drop the stage)")
                 break
-            metrics["checks"].append(name)
+            metrics.checks.append(name)
         return metrics
 
     def _pair(self, model_dir: Path):
@@ -248,7 +249,7 @@ class Evaluator:
             "io_binding": recognizer.bound is not None,  # what decoded, as opposed to what was asked
         }
         if self.baseline is not None:
-            base = self.baseline["hyps"]
+            base = self.baseline.hyps
             metrics["token_agreement"] = sum(tuple(b["tokens"]) == h.tokens for b, h in zip(base, hyps)) / max(len(hyps), 1)
             metrics["error_rate_vs_baseline"] = score([b["text"] for b in base], texts, d.langs)["mixed"].rate
         return metrics
