@@ -65,6 +65,10 @@ def export(
 
 # ---- transcribe (issue: ORT recognizer) --------------------------------------------------
 
+# Where utterances are decoded (optimize.runtime.executor); shared by transcribe, run and eval.
+_WORKERS_HELP = "executor ray: decoding workers of --threads CPUs each [default: as many as the cluster's CPUs hold]"
+_ADDRESS_HELP = "executor ray: the cluster to join, HOST:PORT or ray://HOST:10001 [default: $RAY_ADDRESS, else a local cluster]"
+
 
 @app.command()
 @_user_errors
@@ -77,6 +81,9 @@ def transcribe(
     provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda (default: Recognizer)"),
     device_id: Optional[int] = typer.Option(None, "--device-id", help="CUDA device ordinal (default: ProviderOptions)"),
     io_binding: bool = typer.Option(False, "--io-binding", help="keep cross K/V and caches as OrtValues on the CPU provider too (always on cuda)"),
+    executor: str = typer.Option("local", "--executor", help="local (this process) or ray (sharded over a Ray cluster's workers, 1 thread each unless --threads)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
 ):
     """Transcribe audio files with an ONNX pair; prints `path<TAB>text` per file."""
     from optimize.runtime.recognizer import Recognizer
@@ -86,10 +93,24 @@ def transcribe(
     _quiet_onnxruntime()
     decode = _replace(DecodeConfig(), beam_size=beam_size, batch_size=batch_size)
     options = _replace(ProviderOptions(), device_id=device_id, io_binding=io_binding or None)
-    session = {k: v for k, v in {"threads": threads, "provider": provider}.items() if v is not None}
-    recognizer = Recognizer(model_dir, decode=decode, options=options, **session)
-    for path, hyp in zip(audio, recognizer.transcribe(audio)):
+    if executor != "local" or workers is not None or ray_address is not None:
+        hyps = _transcribe_distributed(model_dir, audio, decode, provider, threads, options, executor, workers, ray_address)
+    else:
+        session = {k: v for k, v in {"threads": threads, "provider": provider}.items() if v is not None}
+        hyps = Recognizer(model_dir, decode=decode, options=options, **session).transcribe(audio)
+    for path, hyp in zip(audio, hyps):
         typer.echo(f"{path}\t{hyp.text}")
+
+
+def _transcribe_distributed(model_dir, audio, decode, provider, threads, options, executor, workers, ray_address) -> list:
+    """transcribe --executor ray: shards on the cluster's workers, each with the same Recognizer settings."""
+    from optimize.runtime import executor as ex
+
+    if executor != "ray":
+        raise OptimizeError(f"--workers/--ray-address with --executor {executor}", "add --executor ray")
+    # one ORT thread per worker unless asked: a worker per CPU is how the executor scales
+    decoder = ex.Decoder(Path(model_dir), decode, provider or "cpu", 1 if threads is None else threads, options)
+    return ex.transcribe(decoder, audio, workers or 0, ray_address, progress=_bar)
 
 
 # ---- run, eval (issue: the staged pipeline) ---------------------------------------------
@@ -132,6 +153,9 @@ def run(
     provider: Optional[str] = typer.Option(None, "--provider", help="run the checks on cpu or cuda instead of the recipe's provider (RTF then not representative)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [default: the recipe's threads]"),
     force: bool = typer.Option(False, "--force", help="redo cached stages and evaluations"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local or ray: where each evaluation decodes the eval set [default: the recipe's evaluation.executor]"),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
 ):
     """Run a recipe: baseline -> stages, checks and gates after each; publishes <output>/final on success."""
     from optimize import pipeline, report
@@ -139,7 +163,8 @@ def run(
 
     _quiet_onnxruntime()
     cfg = _replace(load_recipe(recipe), model=model, data=data, output=output, threads=threads)
-    result = pipeline.run(cfg, pipeline.Options(provider=provider, force=force), log=_log, progress=_bar)
+    cfg = _replace(cfg, evaluation=_replace(cfg.evaluation, executor=executor, workers=workers))
+    result = pipeline.run(cfg, pipeline.Options(provider=provider, force=force, ray_address=ray_address), log=_log, progress=_bar)
     widths = [max(len(c), *(len(r[i]) for r in report.table_rows(result))) for i, c in enumerate(report.HEADERS)]
     for cells in [list(report.HEADERS), *report.table_rows(result)]:
         typer.echo("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
@@ -158,6 +183,9 @@ def eval_(
     reference: Optional[Path] = typer.Option(None, "--reference", help="fp32 pair to compare against: parity, token agreement, deltas"),
     provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda [default: the recipe's provider]"),
     threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [default: the recipe's threads]"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local or ray: where the eval set is decoded [default: the recipe's evaluation.executor]"),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
 ):
     """Run the pipeline's evaluation on any pair: load, contract, parity, error rate, RTF, ops, size."""
     import json
@@ -169,8 +197,9 @@ def eval_(
     _quiet_onnxruntime()
     src = load_recipe(recipe) if recipe else None
     pick = lambda name: getattr(src, name) if src else default(name)  # noqa: E731
-    settings = _replace(EvalSettings(pick("provider"), pick("threads"), pick("decode"), pick("evaluation"), pick("provider_options")), provider=provider, threads=threads)
-    result = pipeline.evaluate_pair(model_dir, data or pick("data"), settings, reference, progress=_bar)
+    evaluation = _replace(pick("evaluation"), executor=executor, workers=workers)
+    settings = _replace(EvalSettings(pick("provider"), pick("threads"), pick("decode"), evaluation, pick("provider_options")), provider=provider, threads=threads)
+    result = pipeline.evaluate_pair(model_dir, data or pick("data"), settings, reference, progress=_bar, ray_address=ray_address)
     m = result["metrics"]
     if json_path:
         json_path.write_text(json.dumps(result, indent=2, default=str))
@@ -182,6 +211,8 @@ def eval_(
     if m["token_agreement"] is not None:
         typer.echo(f"vs reference: token agreement {m['token_agreement']:.3f}, error rate delta {result.get('delta_error_rate')}, speedup {result['speedup']:.2f}x")
     typer.echo(f"RTF {rtf['rtf']:.4f} (p50 {rtf['p50']:.4f}, p90 {rtf['p90']:.4f}) over {rtf['items']} items: {rtf['timed']}")
+    tp = m["throughput"]
+    typer.echo(f"throughput {tp['audio_seconds_per_wall_second']:.1f} audio s per wall s ({tp['executor']}, {tp['workers']} worker(s), {tp['shards']} shard(s))")
     typer.echo(f"size {m['size_mb']:.2f} MB; ops {m['op_stats']}")
 
 

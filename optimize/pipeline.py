@@ -24,6 +24,7 @@ from optimize.evaluate.memory import max_rss_bytes
 from optimize.evaluate.metrics import SPEEDUP_BASIS, Comparison, Metrics, compare
 from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data, quiet
 from optimize.recipe import Recipe, Stage, to_dict
+from optimize.runtime.executor import ExecutorError, cluster
 from optimize.runtime.providers import check_provider
 from optimize.stages import STAGES, publish
 
@@ -42,6 +43,7 @@ class Options:
 
     provider: str | None = None  # run the checks on this provider instead of the recipe's (RTF then not representative)
     force: bool = False  # redo cached stages and evaluations
+    ray_address: str | None = None  # the Ray cluster evaluation.executor ray joins (None: $RAY_ADDRESS, else a local one)
 
 
 def _check_provider(recipe: Recipe, provider: str) -> None:
@@ -150,7 +152,10 @@ def _evaluate(evaluator: Evaluator, record: dict, stage_dir: Path, input_dir: Pa
     cached = record.get("evaluation", {})
     if not force and cached.get("key") == key:
         return Metrics.from_json(cached["metrics"])
-    metrics = _evaluate_in_child(evaluator, stage_dir, input_dir, progress)
+    try:
+        metrics = _evaluate_in_child(evaluator, stage_dir, input_dir, progress)
+    except ExecutorError as e:  # the cluster's problem, not the pair's: no failed row, nothing cached
+        raise ExecutorError(f"evaluating {stage_dir.name}: {e.message}", f"{e.fix}; nothing was published") from e
     cache.write_record(stage_dir, {k: v for k, v in record.items() if k != "cached"} | {"evaluation": {"key": key, "metrics": metrics.to_json()}})
     return metrics
 
@@ -198,6 +203,14 @@ def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None,
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = EvalSettings(provider, recipe.threads, recipe.decode, recipe.evaluation, recipe.provider_options)
     header = report.header(recipe, to_dict(recipe), provider, representative, settings.timed(), SPEEDUP_BASIS[provider])
+    ev = recipe.evaluation
+    with cluster(ev.executor, ev.workers, recipe.threads, options.ray_address) as address:  # joined once, before any stage
+        return _run_stages(recipe, options, settings, header, address, log, progress)
+
+
+def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header: dict, address: str | None, log: Log, progress: Progress) -> dict:
+    """Baseline, then each stage: produce, evaluate, judge, report; publish final when all passed."""
+    run_dir, provider, representative = Path(recipe.output), settings.provider, header["rtf_representative"]
     chain = [Stage(BASELINE, None), *recipe.stages]
     src, rows, evaluator = Path(recipe.model), [], None
     for index, stage in enumerate(chain):
@@ -209,7 +222,7 @@ def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None,
             report.write(run_dir, header, rows, None)
             raise OptimizeError(f"stage {stage.name} failed: {e.message}", f"{e.fix}; nothing was published") from e
         if evaluator is None:
-            evaluator = Evaluator(load_data(stage_dir, recipe.data, settings, progress), settings, stage_dir)
+            evaluator = Evaluator(load_data(stage_dir, recipe.data, settings, progress), settings, stage_dir, address)
         eval_settings = dataclasses.asdict(settings) | {"data": evaluator.data.digest}
         metrics = _evaluate(evaluator, record, stage_dir, None if index == 0 else src, eval_settings, options.force, progress)
         if index == 0:
@@ -226,9 +239,16 @@ def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None,
     return report.write(run_dir, header, rows, final)
 
 
-def evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, reference: Path | None = None, progress: Progress = quiet) -> dict:
+def evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, reference: Path | None = None, progress: Progress = quiet,
+                  ray_address: str | None = None) -> dict:  # fmt: skip
     """`optimize eval`: the checks on any pair; parity, agreement and deltas need a `reference` pair."""
-    evaluator = Evaluator(load_data(Path(reference or model_dir), data, settings, progress), settings, reference)
+    ev = settings.evaluation
+    with cluster(ev.executor, ev.workers, settings.threads, ray_address) as address:  # joined once for pair and reference
+        return _evaluate_pair(model_dir, data, settings, reference, progress, address)
+
+
+def _evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, reference: Path | None, progress: Progress, address: str | None) -> dict:
+    evaluator = Evaluator(load_data(Path(reference or model_dir), data, settings, progress), settings, reference, address)
     out: dict = {"model": str(model_dir), "data": None if data is None else str(data), "provider": settings.provider,
                  "threads": settings.threads, "rtf_timed": settings.timed(), "reference": None if reference is None else str(reference)}  # fmt: skip
     if reference is not None:

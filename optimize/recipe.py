@@ -57,10 +57,22 @@ class EvaluationConfig:
     probe_steps: int = 32  # decoder steps of the parity greedy run (eos suppressed in parity_only)
     warmup: int = 2  # untimed decodes before timing, spread over the length range (shortest and longest first)
     smoke_frames: tuple[int, ...] = (83, 517)  # the two input lengths of the load-and-run check
+    # where the eval set is decoded: "local" (this process) or "ray" (a Ray cluster, the
+    # `ray` extra; --ray-address or $RAY_ADDRESS joins one, else a local one is started)
+    executor: str = "local"
+    workers: int = 0  # ray: decoding actors of `threads` CPUs each (0 = as many as the cluster's CPUs hold)
 
     def __post_init__(self):
+        from optimize.runtime.executor import EXECUTORS
+
         if self.mode not in EVAL_MODES:
             raise OptimizeError(f"evaluation.mode is {self.mode!r}", f"use one of {', '.join(EVAL_MODES)}")
+        if self.executor not in EXECUTORS:
+            raise OptimizeError(f"evaluation.executor is {self.executor!r}", f"use one of {', '.join(EXECUTORS)}")
+        if self.workers < 0 or (self.workers and self.executor == "local"):
+            raise OptimizeError(f"evaluation.workers is {self.workers} with executor {self.executor}", "use workers >= 0, and only with executor: ray")
+        if self.executor == "ray" and self.mode == "parity_only":
+            raise OptimizeError("evaluation.executor ray with mode parity_only: parity runs a few probes, nothing to shard", "use executor: local with parity_only")
         if self.probes < 1 or self.probe_steps < 1 or self.warmup < 0 or len(self.smoke_frames) != 2 or min(self.smoke_frames) < 8:
             raise OptimizeError(
                 f"evaluation {dataclasses.asdict(self)} is out of range",

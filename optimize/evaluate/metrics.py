@@ -33,6 +33,9 @@ class Metrics:
     hyps: list[dict] | None = None  # [{"tokens": [...], "text": ...}] per utterance, in manifest order
     rtf: dict | None = None  # rtf.Rtf as a dict
     io_binding: bool | None = None  # whether the timed decode ran through IOBinding (what ran, not what was asked)
+    # where the eval set was decoded (runtime/executor.py): executor, workers, shards, audio and
+    # wall seconds of the whole decode, audio_seconds_per_wall_second
+    throughput: dict | None = None
     ops: dict | None = None  # role -> op type -> count
     op_stats: dict | None = None  # "fused", tracked op totals and "nodes" over both graphs
     size_mb: float | None = None  # both graphs with their external data, 1e6 bytes

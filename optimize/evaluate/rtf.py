@@ -54,17 +54,21 @@ def measure(
         spent.append(time.perf_counter() - start)
         progress(1)
     cpu = time.process_time() - cpu_start
-    per_item = np.array(spent) / np.maximum(np.array(seconds, dtype=np.float64), 1e-9)
+    return results, summarize(spent, seconds, cpu, len(warmup), timed)
+
+
+def summarize(spent: Sequence[float], seconds: Sequence[float], cpu: float, warmup: int, timed: str) -> Rtf:
+    """The Rtf of timed items: spent[i] wall-clock seconds on an item of seconds[i] audio seconds, `cpu` CPU seconds in all."""
+    per_item = np.array(spent, dtype=np.float64) / np.maximum(np.array(seconds, dtype=np.float64), 1e-9)
     total_audio = float(np.sum(seconds))
-    summary = Rtf(
+    return Rtf(
         rtf=float(np.sum(spent) / max(total_audio, 1e-9)),
         p50=float(np.percentile(per_item, 50)) if len(per_item) else float("nan"),
         p90=float(np.percentile(per_item, 90)) if len(per_item) else float("nan"),
         processing_seconds=float(np.sum(spent)),
         cpu_rtf=cpu / max(total_audio, 1e-9),
         audio_seconds=total_audio,
-        items=len(items),
-        warmup=len(warmup),
+        items=len(spent),
+        warmup=warmup,
         timed=timed,
     )
-    return results, summary

@@ -28,6 +28,7 @@ from optimize.evaluate import parity, rtf
 from optimize.evaluate.metrics import Metrics
 from optimize.recipe import EvaluationConfig
 from optimize.runtime.audio import encoder_length
+from optimize.runtime.executor import ExecutorError, spread
 from optimize.runtime.features import SAMPLE_RATE
 from optimize.runtime.search import DecodeConfig
 from optimize.runtime.providers import ProviderOptions
@@ -88,6 +89,7 @@ class EvalData:
     langs: tuple[str, ...]  # "zh" | "en"
     probes: tuple[np.ndarray, ...]  # parity inputs, shape = (T, 80), float32
     digest: str  # sha256 of the manifest and audio bytes (or of the synthetic probes)
+    names: tuple[str, ...] = ()  # audio path per utterance, to name one in an error
 
 
 def load_data(model_dir: Path, data: Path | None, settings: EvalSettings, progress: Progress = quiet) -> EvalData:
@@ -114,25 +116,19 @@ def load_data(model_dir: Path, data: Path | None, settings: EvalSettings, progre
             bar.update(1)
     # probes spread over the length range, so parity sees short and long inputs
     order = np.argsort([len(f) for f in feats])
-    picks = sorted({int(order[i]) for i in _spread(len(order), cfg.probes)})
+    picks = sorted({int(order[i]) for i in spread(len(order), cfg.probes)})
     return EvalData(
         tuple(feats), tuple(seconds), tuple(u.text for u in utterances),
-        tuple(u.lang for u in utterances), tuple(feats[i] for i in picks), h.hexdigest(),
+        tuple(u.lang for u in utterances), tuple(feats[i] for i in picks), h.hexdigest(), tuple(str(u.audio) for u in utterances),
     )  # fmt: skip
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """k indices spread evenly over range(n), first and last included (fewer if n < k)."""
-    if n == 0 or k == 0:
-        return []
-    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
 
 
 class Evaluator:
     """Runs the checks on pairs of one run; remembers probe runs and the baseline's hypotheses."""
 
-    def __init__(self, data: EvalData, settings: EvalSettings, baseline_dir: Path | None):
+    def __init__(self, data: EvalData, settings: EvalSettings, baseline_dir: Path | None, ray_address: str | None = None):
         self.data, self.settings, self.baseline_dir = data, settings, baseline_dir
+        self.ray_address = ray_address  # the cluster executor ray joins (None: $RAY_ADDRESS, else a local one)
         self.baseline: Metrics | None = None  # the baseline's metrics, set by the caller once known
         self.probe_runs: dict[str, list[parity.ProbeRun]] = {}  # by resolved pair directory
 
@@ -150,6 +146,8 @@ class Evaluator:
         for name, check in checks:
             try:
                 metrics = dataclasses.replace(metrics, **check())
+            except ExecutorError:
+                raise  # where it ran failed, not the pair: the caller stops without recording a result
             except OptimizeError as e:
                 metrics.failures.append(f"{name}: {e}")
                 break
@@ -224,19 +222,22 @@ class Evaluator:
         if self._forced:
             return self._probe_rtf(model_dir, progress)
         from optimize.evaluate.wer import score
-        from optimize.runtime.recognizer import Recognizer
+        from optimize.runtime import executor
 
         s, d = self.settings, self.data
-        recognizer = Recognizer(model_dir, s.decode, s.provider, s.threads, s.options)
         order = sorted(range(len(d.feats)), key=lambda i: len(d.feats[i]))
         size = s.decode.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)]
-        warmup = [batches[i] for i in _spread(len(batches), s.evaluation.warmup)]
-        run = lambda b: recognizer.recognize_features([d.feats[i] for i in b])  # noqa: E731
-        with progress(f"decode {model_dir.name}", len(batches)) as bar:
-            results, timing = rtf.measure(run, batches, [sum(d.seconds[i] for i in b) for b in batches], warmup, s.timed(), bar.update)
+        work = executor.Work(
+            tuple(tuple(d.feats[i] for i in b) for b in batches),
+            tuple(tuple(d.names[i] if d.names else f"#{i}" for i in b) for b in batches),
+            tuple(sum(d.seconds[i] for i in b) for b in batches),
+        )
+        decoder = executor.Decoder(model_dir, s.decode, s.provider, s.threads, s.options)
+        ev = s.evaluation
+        out = executor.decode(decoder, work, ev.warmup, s.timed(), ev.executor, ev.workers, self.ray_address, progress)
         hyps = [None] * len(d.feats)
-        for b, res in zip(batches, results):
+        for b, res in zip(batches, out.hyps):
             for i, h in zip(b, res):
                 hyps[i] = h
         texts = [h.text for h in hyps]
@@ -245,8 +246,9 @@ class Evaluator:
             "error_rate": rates["mixed"].rate,
             "error_rates": {lang: r.rate for lang, r in rates.items()},
             "hyps": [{"tokens": list(h.tokens), "text": h.text} for h in hyps],
-            "rtf": dataclasses.asdict(timing),
-            "io_binding": recognizer.bound is not None,  # what decoded, as opposed to what was asked
+            "rtf": dataclasses.asdict(out.rtf),
+            "io_binding": out.io_binding,  # what decoded, as opposed to what was asked
+            "throughput": out.throughput,  # audio seconds per wall second of the whole decode, where it ran
         }
         if self.baseline is not None:
             base = self.baseline.hyps
