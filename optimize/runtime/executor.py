@@ -288,7 +288,12 @@ def _start_workers(ray, decoder: Decoder, count: int, cpus_each: int, warmup: in
     """`count` actors holding the pair; fails in one line when a worker cannot load it."""
     actor = ray.remote(_Worker).options(num_cpus=cpus_each, max_restarts=2, max_task_retries=2)
     actors = [actor.remote(decoder, warmup, timed) for _ in range(count)]
-    for node, error in ray.get([a.ready.remote() for a in actors]):
+    try:
+        ready = ray.get([a.ready.remote() for a in actors])
+    except ray.exceptions.RayError as e:  # e.g. a node without this package: the actor cannot be built
+        reason = " ".join(str(e).split())[:300]
+        raise ExecutorError(f"a ray worker failed to start: {reason}", f"install the same optimize and ray==2.60.0 on every node ({RAY_EXTRA})") from None
+    for node, error in ready:
         if error is not None:
             raise ExecutorError(
                 f"ray worker on {node} cannot load the pair at {decoder.model_dir}: {error[0]}",
@@ -304,7 +309,11 @@ def _decode_ray(decoder: Decoder, work: Work, warmup: int, timed: str, workers: 
     ray, initialized = connect(address, workers * cpus_each or None)
     actors: list = []
     try:
-        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_each)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        count = workers or max(1, cpus // cpus_each)
+        if count * cpus_each > cpus:  # the actors would wait for CPUs that never come
+            raise ExecutorError(f"{count} ray worker(s) of {cpus_each} CPU(s) each need {count * cpus_each} CPUs; the cluster has {cpus}",
+                                "pass fewer --workers (or --threads), or add nodes")  # fmt: skip
         actors = _start_workers(ray, decoder, count, cpus_each, warmup, timed)
         plan = shards(work.seconds, shard_count(work.seconds, count))
         results = _run_shards(ray, actors, work, plan, progress or _silent, Path(decoder.model_dir).name)
