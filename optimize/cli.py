@@ -50,12 +50,15 @@ def export(
         None, "--fixed-cache-len", help="export the published v1 layout with this fixed self-cache length (1024)"
     ),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17)"),
+    with_ctc: bool = typer.Option(
+        False, "--with-ctc", help="FireRedASR2: add the CTC head's log-probs as a third encoder output (for --timestamps)"
+    ),
 ):
-    """Export an official FireRedASR AED checkpoint to the split sherpa-onnx contract."""
+    """Export an official FireRedASR AED checkpoint (FireRedASR-AED-L or FireRedASR2-AED) to the split sherpa-onnx contract."""
     from optimize.export.exporter import ExportConfig, export_checkpoint
 
     cfg = ExportConfig()
-    overrides = {k: v for k, v in {"fixed_cache_len": fixed_cache_len, "opset": opset}.items() if v is not None}
+    overrides = {k: v for k, v in {"fixed_cache_len": fixed_cache_len, "opset": opset, "with_ctc": with_ctc or None}.items() if v is not None}
     import dataclasses
 
     cfg = dataclasses.replace(cfg, **overrides)

@@ -65,6 +65,21 @@ MAX_LEN = 1024
 # Version 1: the published v1 layout. Our dynamic-cache graphs keep it: the
 # semantics (write K/V at `offset`, attend to [0, offset]) are unchanged.
 CONTRACT_VERSION = "1"
+# The published FireRedASR2 pairs (sherpa-onnx-fire-red-asr2-zh_en-2026-02-26) say "2": the
+# model release, not a change of I/O. Same graphs and names; vocab 8667.
+V2_VERSION = "2"
+# The v2 encoder's metadata keys as published (the keep-list that copies them from the released
+# file, published-onnx-contract.md §2.3); `optimize export` writes each of them for a v2 checkpoint.
+V2_METADATA = (
+    "model_type", "version", "model_author", "maintainer", "feat_dim", "cmvn_mean", "cmvn_inv_stddev",
+    "num_decoder_layers", "num_head", "head_dim", "max_len", "sos", "eos", "url", "url-2", "comment",
+)  # fmt: skip
+
+# `optimize export --with-ctc` (FireRedASR2 only): the CTC head's log-softmax as a third encoder
+# output, shape (N, T', V) float32, rows after a row's valid length are padding. It exists for
+# token timestamps (CTC forced alignment). sherpa-onnx binds encoder outputs by position and
+# reads only the first two, so the pair stays a drop-in.
+CTC_OUTPUT = ("ctc_log_probs", 1)
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def test_topk_matches_full_sort_on_random_rows():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("beam_size", 0), ("batch_size", 0), ("max_len", -1), ("softmax_smoothing", 0.0), ("eos_penalty", 1.5), ("length_penalty", -0.1)],
+    [("beam_size", 0), ("batch_size", 0), ("max_len", -1), ("softmax_smoothing", 0.0), ("eos_penalty", 0.0), ("length_penalty", -0.1)],
 )
 def test_decode_config_rejects_bad_values(field, value):
     with pytest.raises(OptimizeError) as e:

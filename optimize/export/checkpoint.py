@@ -2,6 +2,11 @@
 
 Layout (HF FireRedTeam/FireRedASR-AED-L): `model.pth.tar` = {"args": argparse.Namespace,
 "model_state_dict": ...}, `cmvn.ark` (Kaldi 2 x 81 stats), `dict.txt` (`token id` per line).
+
+FireRedASR2-AED (ModelScope/HF FireRedTeam/FireRedASR2-AED) keeps that layout and those
+keys and adds the CTC head `ctc.ctc_lo` (Linear(d_model, odim), fireredasr2/models/module/ctc.py);
+its vocabulary is 8667. The CTC keys are what tells the two releases apart: nothing in
+`args` does.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from optimize.runtime.features import cmvn_stats, read_kaldi_cmvn, write_kaldi_c
 
 CKPT_FILE, CMVN_FILE, DICT_FILE = "model.pth.tar", "cmvn.ark", "dict.txt"
 SPECIAL_TOKENS = ("<blank>", "<unk>", "<pad>", "<sos>", "<eos>")
+CTC_KEYS = ("ctc.ctc_lo.weight", "ctc.ctc_lo.bias")
+# FireRedASR2's loader is strict=False, and these keys are derivable: the PE tables from the
+# formula (checked by _check_pe when present), the output projection tied to the embedding.
+_DERIVABLE_V2_KEYS = ("encoder.positional_encoding.pe", "decoder.positional_encoding.pe", "decoder.tgt_word_prj.weight")
 _DIM_FIELDS = tuple(f.name for f in dataclasses.fields(AedDims))
 
 
@@ -31,6 +40,7 @@ class Checkpoint:
     dims: AedDims
     cmvn_stats: np.ndarray  # shape = (2, idim + 1), float64
     tokens: tuple[str, ...]  # id -> symbol
+    version: int = 1  # 1: FireRedASR-AED-L; 2: FireRedASR2-AED (has the CTC head, model.ctc)
 
 
 def read_dict(path: Path) -> tuple[str, ...]:
@@ -87,6 +97,33 @@ def _check_keys(model: FireRedAsrAed, state: dict, where: Path) -> None:
             raise OptimizeError(f"{where}: {key} has shape {tuple(value.shape)}, args imply {tuple(model.state_dict()[key].shape)}", "the args and weights disagree; re-save the checkpoint")
 
 
+def _release(state: dict, where: Path, dims: AedDims) -> int:
+    """2 when the state dict carries FireRedASR2's CTC head, else 1; a partial or misshapen head is an error."""
+    present = [k for k in CTC_KEYS if k in state]
+    if not present:
+        return 1
+    fix = "download FireRedASR2-AED's model.pth.tar again (its CTC head is Linear(d_model, odim): ctc.ctc_lo.weight and ctc.ctc_lo.bias)"
+    if len(present) < len(CTC_KEYS):
+        missing = [k for k in CTC_KEYS if k not in state]
+        raise OptimizeError(f"{where}: FireRedASR2 checkpoint with an incomplete CTC head: {', '.join(missing)} missing", fix)
+    want = {"ctc.ctc_lo.weight": (dims.odim, dims.d_model), "ctc.ctc_lo.bias": (dims.odim,)}
+    for key, shape in want.items():
+        got = tuple(getattr(state[key], "shape", ()))
+        if got != shape:
+            raise OptimizeError(f"{where}: {key} has shape {got}, args (odim {dims.odim}, d_model {dims.d_model}) imply {shape}", fix)
+    return 2
+
+
+def _fill_derivable(model: FireRedAsrAed, state: dict) -> dict:
+    """A v2 state dict with the derivable keys it lacks taken from our model (see _DERIVABLE_V2_KEYS)."""
+    own = model.state_dict()
+    state = dict(state)
+    for key in _DERIVABLE_V2_KEYS:
+        if key not in state:
+            state[key] = state["decoder.tgt_word_emb.weight"] if key == "decoder.tgt_word_prj.weight" else own[key]
+    return state
+
+
 def _check_pe(model: FireRedAsrAed, where: Path, stored_dtype: torch.dtype) -> None:
     """The export computes both PE tables in-graph; the stored ones must equal the formula.
 
@@ -108,8 +145,11 @@ def load_checkpoint(ckpt_dir: Path) -> Checkpoint:
     _require_files(ckpt_dir)
     package = _load_package(ckpt_dir / CKPT_FILE)
     dims = _dims_from_args(package["args"], ckpt_dir / CKPT_FILE)
-    model = FireRedAsrAed(dims)
     state = package["model_state_dict"]
+    version = _release(state, ckpt_dir / CKPT_FILE, dims)
+    model = FireRedAsrAed(dims, with_ctc=version == 2)
+    if version == 2 and "decoder.tgt_word_emb.weight" in state:
+        state = _fill_derivable(model, state)
     _check_keys(model, state, ckpt_dir / CKPT_FILE)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     model.eval()
@@ -120,7 +160,7 @@ def load_checkpoint(ckpt_dir: Path) -> Checkpoint:
     stats = read_kaldi_cmvn(ckpt_dir / CMVN_FILE)
     if stats.shape != (2, dims.idim + 1):
         raise OptimizeError(f"{ckpt_dir / CMVN_FILE} has shape {stats.shape}, expected (2, {dims.idim + 1})", "use the cmvn.ark that came with the checkpoint")
-    return Checkpoint(model, dims, stats, tokens)
+    return Checkpoint(model, dims, stats, tokens, version)
 
 
 def save_checkpoint(out_dir: Path, model: FireRedAsrAed, stats: np.ndarray, tokens: tuple[str, ...], dtype=torch.float32) -> None:
@@ -146,15 +186,18 @@ def placeholder_tokens(odim: int) -> tuple[str, ...]:
     return SPECIAL_TOKENS + tuple(body)
 
 
-def make_random_checkpoint(out_dir: Path, seed: int = 0, **dims) -> Path:
+def make_random_checkpoint(out_dir: Path, seed: int = 0, version: int = 1, **dims) -> Path:
     """Random-weight checkpoint in the official format at any dimensions (AedDims fields).
 
+    `version` 2 writes the FireRedASR2-AED format: the same keys plus the CTC head.
     LayerNorm affines are randomized too, so parity tests exercise them. CMVN stats
     describe log-mel-like features (mean about 10, std about 3).
     """
     torch.manual_seed(seed)
     d = AedDims(**dims)
-    model = FireRedAsrAed(d)
+    if version not in (1, 2):
+        raise ValueError(f"version {version}: FireRedASR releases are 1 and 2")
+    model = FireRedAsrAed(d, with_ctc=version == 2)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name and name.endswith("weight"):

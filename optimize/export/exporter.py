@@ -35,21 +35,28 @@ class ExportConfig:
     opset: int = 17  # Slice/Range with dynamic T need >= 11; 17 has LayerNormalization
     fixed_cache_len: int | None = None  # None: dynamic self-cache length; 1024: the published v1 layout
     trial_frames: int = 137  # frames of the trial input used for tracing and the shape asserts
+    with_ctc: bool = False  # FireRedASR2: add the CTC log-probs as a third encoder output (contract.CTC_OUTPUT)
 
 
 class EncoderGraph(nn.Module):
-    """x (N, T, idim) f32, x_len (N,) i64 -> n_layer_cross_k, n_layer_cross_v (L, N, T', D) f32."""
+    """x (N, T, idim) f32, x_len (N,) i64 -> n_layer_cross_k, n_layer_cross_v (L, N, T', D) f32.
 
-    def __init__(self, model: FireRedAsrAed):
+    With `with_ctc` a third output: the CTC log-probs, shape = (N, T', V), float32.
+    """
+
+    def __init__(self, model: FireRedAsrAed, with_ctc: bool = False):
         super().__init__()
         self.encoder = model.encoder
         self.cross = nn.ModuleList(layer.cross_attn for layer in model.decoder.layer_stack)
+        self.ctc = model.ctc if with_ctc else None
 
     def forward(self, x: torch.Tensor, x_len: torch.Tensor):
         enc, _ = self.encoder(x, x_len)
         k = torch.stack([attn.w_ks(enc) for attn in self.cross])
         v = torch.stack([attn.w_vs(enc) for attn in self.cross])
-        return k, v
+        if self.ctc is None:
+            return k, v
+        return k, v, self.ctc(enc)
 
 
 class DecoderStepGraph(nn.Module):
@@ -95,7 +102,9 @@ class DecoderStepGraph(nn.Module):
 
 
 def metadata(ckpt: Checkpoint, fixed_cache_len: int | None) -> dict[str, str]:
-    """Encoder metadata_props: every key sherpa-onnx requires, plus ours."""
+    """Encoder metadata_props: every key sherpa-onnx requires, plus ours; v2 as the published v2 pairs."""
+    if ckpt.version == 2:
+        return _metadata_v2(ckpt, fixed_cache_len)
     mean, inv_std = cmvn_from_stats(ckpt.cmvn_stats)
     d = ckpt.dims
     return {
@@ -114,6 +123,34 @@ def metadata(ckpt: Checkpoint, fixed_cache_len: int | None) -> dict[str, str]:
         "n_mels": str(d.idim),
         "cmvn_mean": ",".join(repr(float(v)) for v in mean),
         "cmvn_inv_stddev": ",".join(repr(float(v)) for v in inv_std),
+    }
+
+
+def _metadata_v2(ckpt: Checkpoint, fixed_cache_len: int | None) -> dict[str, str]:
+    """Every key of the published v2 encoder (contract.V2_METADATA) plus our vocab_size.
+
+    `maintainer` names who made this export (the published files say k2-fsa, who made those).
+    """
+    mean, inv_std = cmvn_from_stats(ckpt.cmvn_stats)
+    d = ckpt.dims
+    return {
+        "model_type": contract.MODEL_TYPE,
+        "version": contract.V2_VERSION,
+        "model_author": "FireRedTeam",
+        "maintainer": "optimize",
+        "feat_dim": str(d.idim),
+        "cmvn_mean": ",".join(repr(float(v)) for v in mean),
+        "cmvn_inv_stddev": ",".join(repr(float(v)) for v in inv_std),
+        "num_decoder_layers": str(d.n_layers_dec),
+        "num_head": str(d.n_head),
+        "head_dim": str(d.head_dim),
+        "max_len": str(fixed_cache_len or contract.MAX_LEN),
+        "sos": str(d.sos_id),
+        "eos": str(d.eos_id),
+        "url": "https://github.com/FireRedTeam/FireRedASR2S",
+        "url-2": "https://huggingface.co/FireRedTeam/FireRedASR2-AED",
+        "comment": "This is FireRedASR2-AED, exported by optimize",
+        "vocab_size": str(d.odim),
     }
 
 
@@ -140,8 +177,10 @@ def _assert_shapes(ckpt: Checkpoint, enc: EncoderGraph, dec: DecoderStepGraph, e
     """Trial forward with the shapes the contract promises; the message carries the shape."""
     d = ckpt.dims
     with torch.no_grad():
-        k, v = enc(*enc_args)
+        k, v, *ctc = enc(*enc_args)
         logits, kc, vc = dec(*dec_args)
+    if ctc:
+        assert tuple(ctc[0].shape) == (2, t_out, d.odim), f"CTC log-probs shape {tuple(ctc[0].shape)}, want (2, {t_out}, {d.odim})"
     want = (d.n_layers_dec, 2, t_out, d.d_model)
     assert tuple(k.shape) == want and tuple(v.shape) == want, f"cross K/V shape {tuple(k.shape)}, want {want}"
     assert tuple(logits.shape) == (2, 1, d.odim), f"logits shape {tuple(logits.shape)}, want (2, 1, {d.odim})"
@@ -150,7 +189,8 @@ def _assert_shapes(ckpt: Checkpoint, enc: EncoderGraph, dec: DecoderStepGraph, e
 
 def _dynamic_axes(fixed_cache_len: int | None) -> tuple[dict, dict]:
     cache = {1: "N", 2: "S"} if fixed_cache_len is None else {1: "N"}
-    enc = {"x": {0: "N", 1: "T"}, "x_len": {0: "N"}, "n_layer_cross_k": {1: "N", 2: "T_enc"}, "n_layer_cross_v": {1: "N", 2: "T_enc"}}
+    enc = {"x": {0: "N", 1: "T"}, "x_len": {0: "N"}, "n_layer_cross_k": {1: "N", 2: "T_enc"}, "n_layer_cross_v": {1: "N", 2: "T_enc"},
+           contract.CTC_OUTPUT[0]: {0: "N", 1: "T_enc"}}  # fmt: skip
     dec = {
         "tokens": {0: "N"},
         "in_n_layer_self_k_cache": cache,
@@ -231,10 +271,15 @@ def export_checkpoint(ckpt_dir: Path, out_dir: Path, cfg: ExportConfig = ExportC
     if cfg.fixed_cache_len is not None and cfg.fixed_cache_len < 2:
         raise OptimizeError(f"--fixed-cache-len {cfg.fixed_cache_len} is too small", "use 1024 for the published v1 layout")
     ckpt = load_checkpoint(Path(ckpt_dir))
+    if cfg.with_ctc and ckpt.model.ctc is None:
+        raise OptimizeError(
+            f"{ckpt_dir} has no CTC head (no ctc.ctc_lo keys: a FireRedASR v1 checkpoint)",
+            "export it without --with-ctc; only FireRedASR2-AED checkpoints carry the CTC head",
+        )
     model = ckpt.model
     model.encoder.positional_encoding.in_graph = True
     model.decoder.positional_encoding.in_graph = True
-    enc, dec = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
+    enc, dec = EncoderGraph(model, cfg.with_ctc).eval(), DecoderStepGraph(model).eval()
     enc_args, dec_args, t_out = _trial_inputs(ckpt, cfg)
     _assert_shapes(ckpt, enc, dec, enc_args, dec_args, t_out)
     enc_axes, dec_axes = _dynamic_axes(cfg.fixed_cache_len)
@@ -243,7 +288,8 @@ def export_checkpoint(ckpt_dir: Path, out_dir: Path, cfg: ExportConfig = ExportC
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
         raw, final = Path(tmp) / "raw", Path(tmp) / "final"
         raw.mkdir(), final.mkdir()
-        enc_names = [n for n, _ in contract.ENCODER_INPUTS], [n for n, _ in contract.ENCODER_OUTPUTS]
+        enc_outputs = contract.ENCODER_OUTPUTS + ((contract.CTC_OUTPUT,) if cfg.with_ctc else ())
+        enc_names = [n for n, _ in contract.ENCODER_INPUTS], [n for n, _ in enc_outputs]
         dec_names = [n for n, _ in contract.DECODER_INPUTS] + [contract.CROSS_MASK], [n for n, _ in contract.DECODER_OUTPUTS]
         _torch_export(enc, enc_args, raw / contract.ENCODER_FILE, *enc_names, enc_axes, cfg.opset)
         _finish_graph(raw / contract.ENCODER_FILE, final / contract.ENCODER_FILE, metadata(ckpt, cfg.fixed_cache_len), decoder=False)

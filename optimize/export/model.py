@@ -309,12 +309,27 @@ class AbsPositionalEncoding(nn.Module):
         return self.pe[:, start : start + length]
 
 
+class CtcHead(nn.Module):
+    """FireRedASR2's CTC branch (fireredasr2/models/module/ctc.py): Linear(d_model, odim), log-softmax."""
+
+    def __init__(self, d_model: int, odim: int):
+        super().__init__()
+        self.ctc_lo = nn.Linear(d_model, odim)
+
+    def forward(self, enc: torch.Tensor) -> torch.Tensor:
+        """enc: shape = (N, T', d) -> log-probabilities shape = (N, T', odim), float32."""
+        return F.log_softmax(self.ctc_lo(enc), dim=-1)
+
+
 class FireRedAsrAed(nn.Module):
-    def __init__(self, dims: AedDims):
+    """The AED model; `with_ctc` adds FireRedASR2's CTC head (`ctc.ctc_lo`), used only for timestamps."""
+
+    def __init__(self, dims: AedDims, with_ctc: bool = False):
         super().__init__()
         self.dims = dims
         self.encoder = ConformerEncoder(dims)
         self.decoder = TransformerDecoder(dims)
+        self.ctc = CtcHead(dims.d_model, dims.odim) if with_ctc else None
 
     def forward(self, x, x_len, ys):
         """Teacher-forced training forward: returns (logits (N, U, odim), enc (N, T', d), keep (N, 1, T'))."""

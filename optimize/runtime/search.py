@@ -33,18 +33,18 @@ class DecodeConfig:
     beam_size: int = 3  # hypotheses kept per utterance; 1 = greedy (same tokens as FireRedASR beam 1)
     softmax_smoothing: float = 1.25  # logits are divided by this before log_softmax
     length_penalty: float = 0.6  # GNMT alpha applied to final beam scores; 0 disables it
-    eos_penalty: float = 1.0  # multiplies the EOS log-prob; in (0, 1], values < 1 favour ending
+    eos_penalty: float = 1.0  # multiplies the EOS log-prob; > 0 (FireRedASR2 allows > 1, v1 asserted <= 1); < 1 favours ending
     max_len: int = 0  # most decoder steps; 0 = the batch's padded encoder length T', as FireRedASR
     batch_size: int = 1  # utterances per encoder/decoder run (> 1 needs a pair with cross_attn_mask)
 
     def __post_init__(self):
-        fix = "use beam_size >= 1, batch_size >= 1, max_len >= 0, softmax_smoothing > 0, 0 < eos_penalty <= 1, length_penalty >= 0"
+        fix = "use beam_size >= 1, batch_size >= 1, max_len >= 0, softmax_smoothing > 0, eos_penalty > 0, length_penalty >= 0"
         bad = {
             "beam_size": self.beam_size < 1,
             "batch_size": self.batch_size < 1,
             "max_len": self.max_len < 0,
             "softmax_smoothing": not self.softmax_smoothing > 0,
-            "eos_penalty": not 0 < self.eos_penalty <= 1,
+            "eos_penalty": not self.eos_penalty > 0,
             "length_penalty": self.length_penalty < 0,
         }
         names = [name for name, is_bad in bad.items() if is_bad]
