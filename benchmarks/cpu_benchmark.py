@@ -1,18 +1,26 @@
 """Side-by-side CPU benchmark: official PyTorch eager vs our ONNX pairs vs sherpa-onnx, one run.
 
-    python benchmarks/make_aed_l.py work/aed_l          # once: checkpoint, exports, int8 pairs
+    python benchmarks/make_aed_l.py work/aed_l          # once: checkpoint, exports, int8 pairs, variants
     python benchmarks/cpu_benchmark.py work/aed_l       # --int8 DIR to time a pipeline output instead
 
-ROOT is a make_aed_l.py output (ckpt/, fp32/, int8/, int8-v1/). Systems, timed one after
-another (each loaded, timed and freed before the next, so that only one model is in memory):
+ROOT is a make_aed_l.py output (ckpt/, fp32/, int8/, int8-v1/, and the variants int4dec/
+and int8-static/ where present). Systems, timed one after another (each loaded, timed and
+freed before the next, so that only one model is in memory):
   official-eager  fireredasr==0.0.2 FireRedAsrAed, torch fp32: `encoder(x, x_len)`, then
-                  `decoder.batch_beam_search` at beam 1 (what `transcribe` runs) with
-                  decode_max_len = --steps and eos disabled, so it runs exactly --steps steps
-  ours-fp32       our runtime (OrtPair + OrtInference) on ROOT/fp32: encoder, then a forced
-                  greedy loop of --steps steps (eos masked; self-cache length steps + 1)
-  ours-int8       the same on the int8 pair (--int8, default ROOT/int8)
-  sherpa-int8     sherpa_onnx.OfflineRecognizer.from_fire_red_asr (greedy) on the same int8 pair
+                  `decoder.batch_beam_search` at each --beams with decode_max_len = each
+                  --steps and eos disabled, so it runs exactly that many steps
+  ours-fp32       our runtime (Recognizer: encoder, then the greedy search) on ROOT/fp32
+  ours-<variant>  the same on each variant pair (--variants; int8 = --int8 or ROOT/int8), at
+                  each --beams x --steps, and at each --batches (beam 1, first --steps) for
+                  aggregate throughput (B copies of the input decoded as one batch)
+  sherpa-<variant>  sherpa_onnx.OfflineRecognizer.from_fire_red_asr (greedy) on the same pair
   sherpa-v1-int8  the same on ROOT/int8-v1, the published v1 layout (self-cache fixed at 1024)
+
+Our runtime is timed whole, as `optimize transcribe` runs it: Recognizer.recognize_features
+on the features (encoder + search with its argmax/top-k, reorders and cache handling), with
+max_len = steps; the encoder is timed alone at the same batch, and a step is
+(whole - encoder) / steps. The checkpoints never emit eos (below), so every search runs
+exactly max_len steps.
 
 Input: --frames fbank frames (1000 = 10 s) of CMVN-normalized random features for the first
 three; sherpa-onnx takes a waveform of the same duration (it computes its own fbank: 998
@@ -45,25 +53,30 @@ import numpy as np
 from optimize import contract
 from optimize.evaluate.memory import GIB, PeakRss
 
-SYSTEMS = ("official-eager", "ours-fp32", "ours-int8", "sherpa-int8", "sherpa-v1-int8")
+VARIANTS = ("int8", "int4dec", "int8-static")  # our pairs: make_aed_l.py step names
+SYSTEMS = ("official-eager", "ours-fp32", *(f"ours-{v}" for v in VARIANTS), *(f"sherpa-{v}" for v in VARIANTS), "sherpa-v1-int8")
 SAMPLE_RATE = 16000
-# The issue's targets at full AED-L size: (ratio key, minimum), or ("rtf ...", maximum) for RTFs.
+# The targets at full AED-L size: (ratio key, minimum); "<=" ones are maxima (TARGET_MAXIMA).
 TARGETS = (
     ("e2e speedup int8 vs official eager", 6.0),
     ("e2e speedup int8 vs our fp32", 2.5),
     ("decoder step speedup ours vs v1-layout int8 (sherpa-onnx both)", 3.0),
     ("decoder step speedup ours vs v1-layout int8 (our runtime vs sherpa v1)", 3.0),
+    *((f"e2e speedup {v} vs official eager", 10.0) for v in VARIANTS),
+    *((f"e2e speedup ours vs sherpa-onnx, {v} pair", 1.0) for v in VARIANTS),
+    ("decoder step speedup int4dec vs int8 (our runtime)", 1.7),
+    *((f"batch 16 vs batch 1 throughput, {v}", 4.0) for v in VARIANTS),
 )
-MAX_RTF = 0.25  # end-to-end RTF target for ours-int8
+TARGET_MAXIMA = tuple((f"beam 3 vs greedy per step, {v}", 1.5) for v in VARIANTS) + (("rtf ours-int8", 0.25),)
 
 
 @dataclass(frozen=True)
 class Timing:
     system: str
     runtime: str  # what executes the model
-    encoder_ms: float  # median encoder time (sherpa: everything but the decoder steps)
-    step_ms: float  # median decoder time per step
-    steps: int  # decoder steps in the end-to-end figure
+    encoder_ms: float  # median encoder time, batch 1 (sherpa: everything but the decoder steps)
+    step_ms: float  # median decoder time per step, greedy, batch 1, the first --steps
+    steps: int  # decoder steps in the end-to-end figure (the first --steps)
     e2e_s: float  # encoder + steps x step
     rtf: float  # e2e / audio seconds
     load_s: float  # model load (not in e2e)
@@ -71,20 +84,24 @@ class Timing:
     peak_anon_gib: float  # the same, without file-backed pages
     timed: str  # what the clocks cover
     raw: dict  # per-repeat seconds and any derivation inputs
+    step_ms_by: dict  # "beam B, S steps" -> ms per step (batch 1), where measured
+    throughput: dict  # "batch B" -> audio seconds decoded per wall second (beam 1, first --steps)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("root", type=Path, help="make_aed_l.py output: ckpt/, fp32/, int8/, int8-v1/")
     p.add_argument("--int8", type=Path, default=None, help="int8 pair to time as ours (default ROOT/int8)")
-    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="systems to time")
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=None, help="systems to time (default: all whose pair exists)")
     p.add_argument("--frames", type=int, default=1000, help="input length in 10 ms fbank frames (1000 = 10 s)")
-    p.add_argument("--steps", type=int, default=32, help="forced decoder steps (eos ignored)")
+    p.add_argument("--steps", type=int, nargs="+", default=[32, 64], help="decoder step counts (eos never comes); the first is the headline")
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 3], help="beam sizes for official-eager and our variants")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], help="batch sizes for our variants' throughput (beam 1)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every system")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     p.add_argument("--repeats", type=int, default=5, help="timed runs (the median is reported)")
     p.add_argument("--profile", choices=("on-miss", "always", "never"), default="on-miss",
-                   help="ORT profile of ours-int8 by op type: when a target is missed, always, or never")  # fmt: skip
+                   help="ORT profile of our variants by op type: when a target is missed, always, or never")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="results file (default ROOT/cpu_benchmark.json)")
     return p.parse_args(argv)
 
@@ -136,50 +153,68 @@ def time_official(ckpt: Path, x: np.ndarray, args: argparse.Namespace) -> dict:
     load_s = time.perf_counter() - start
     model.decoder.eos_id = -1  # no token equals -1: batch_beam_search never finishes early
     feats, lengths = torch.from_numpy(x), torch.tensor([x.shape[1]])
+    raw, by = {}, {}
     with torch.inference_mode():
-        enc_s, enc_runs = timed_median(lambda: model.encoder(feats, lengths), args.warmup, args.repeats)
+        enc_s, raw["encoder_runs_s"] = timed_median(lambda: model.encoder(feats, lengths), args.warmup, args.repeats)
         enc, _, mask = model.encoder(feats, lengths)
+        for beam, steps in search_grid(args):
 
-        def decode():
-            hyps = model.decoder.batch_beam_search(enc, mask, beam_size=1, nbest=1, decode_max_len=args.steps)
-            assert len(hyps[0][0]["yseq"]) == args.steps, f"official decode ran {len(hyps[0][0]['yseq'])} steps, want {args.steps}"
+            def decode():
+                hyps = model.decoder.batch_beam_search(enc, mask, beam_size=beam, nbest=1, decode_max_len=steps)
+                assert len(hyps[0][0]["yseq"]) == steps, f"official decode ran {len(hyps[0][0]['yseq'])} steps, want {steps}"
 
-        dec_s, dec_runs = timed_median(decode, args.warmup, args.repeats)
-    timed = "encoder(x, x_len); batch_beam_search(beam 1, decode_max_len=steps) / steps"
-    return dict(runtime=f"torch {torch.__version__} eager fp32", encoder_s=enc_s, step_s=dec_s / args.steps, load_s=load_s,
-                timed=timed, raw={"encoder_runs_s": enc_runs, "decode_runs_s": dec_runs})  # fmt: skip
-
-
-def forced_greedy(pair, cross_k: np.ndarray, cross_v: np.ndarray, steps: int) -> list[int]:
-    """`steps` greedy decoder steps through our runtime's Inference, eos masked out."""
-    from optimize.runtime.recognizer import OrtInference
-
-    model = OrtInference(pair, cross_k, cross_v, None, pair.fixed_cache_len or steps + 1)
-    model.start(1)
-    tokens, out = np.array([pair.info.sos], dtype=np.int64), []
-    for t in range(steps):
-        logits = model.step(tokens, t)
-        logits[:, pair.info.eos] = -np.inf
-        tokens = logits.argmax(axis=1).astype(np.int64)
-        out.append(int(tokens[0]))
-    return out
+            dec_s, raw[f"decode beam {beam}, {steps} steps runs_s"] = timed_median(decode, args.warmup, args.repeats)
+            by[grid_key(beam, steps)] = dec_s / steps
+    timed = "encoder(x, x_len); batch_beam_search(beam B, decode_max_len=S) / S"
+    return dict(runtime=f"torch {torch.__version__} eager fp32", encoder_s=enc_s, step_s=by[grid_key(1, args.steps[0])],
+                load_s=load_s, timed=timed, raw=raw, step_s_by=by)  # fmt: skip
 
 
-def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace) -> dict:
+def search_grid(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(beam, steps) pairs to time: greedy at every step count, other beams at every step count."""
+    return [(b, n) for b in args.beams for n in args.steps]
+
+
+def grid_key(beam: int, steps: int) -> str:
+    return f"beam {beam}, {steps} steps"
+
+
+def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: bool) -> dict:
+    """Our runtime as `optimize transcribe` runs it; `full`: the beam grid and the batch sizes too."""
     import onnxruntime as ort
 
-    from optimize.runtime.session import OrtPair
+    from optimize.runtime.recognizer import Recognizer
+    from optimize.runtime.search import DecodeConfig
 
+    batches = sorted(set(args.batches) | {1}) if full else [1]
     start = time.perf_counter()
-    pair = OrtPair(pair_dir, "cpu", args.threads)
+    rec = Recognizer(pair_dir, DecodeConfig(batch_size=max(batches)), threads=args.threads)
     load_s = time.perf_counter() - start
-    x_len = np.array([x.shape[1]], dtype=np.int64)
-    enc_s, enc_runs = timed_median(lambda: pair.encode(x, x_len), args.warmup, args.repeats)
-    cross_k, cross_v = pair.encode(x, x_len)
-    dec_s, dec_runs = timed_median(lambda: forced_greedy(pair, cross_k, cross_v, args.steps), args.warmup, args.repeats)
-    timed = f"OrtPair.encode; {args.steps} OrtInference.step calls + argmax / steps (cache length {pair.fixed_cache_len or args.steps + 1})"
-    return dict(runtime=f"onnxruntime {ort.__version__} (our runtime)", encoder_s=enc_s, step_s=dec_s / args.steps,
-                load_s=load_s, timed=timed, raw={"encoder_runs_s": enc_runs, "decode_runs_s": dec_runs})  # fmt: skip
+    feats = x[0]
+    raw, by, throughput, encoder_s = {}, {}, {}, {}
+    for batch in batches:
+        xb, lens = np.repeat(x, batch, axis=0), np.full(batch, x.shape[1], dtype=np.int64)
+        encoder_s[batch], raw[f"encoder batch {batch} runs_s"] = timed_median(lambda: rec.pair.encode(xb, lens), args.warmup, args.repeats)
+    grid = search_grid(args) if full else [(1, args.steps[0])]
+    for beam, steps in grid:
+        whole_s, raw[f"whole beam {beam}, {steps} steps runs_s"] = timed_median(lambda: decode(rec, [feats], beam, steps), args.warmup, args.repeats)
+        by[grid_key(beam, steps)] = (whole_s - encoder_s[1]) / steps
+    for batch in batches:
+        whole_s, raw[f"whole batch {batch} runs_s"] = timed_median(lambda: decode(rec, [feats] * batch, 1, args.steps[0]), args.warmup, args.repeats)
+        throughput[f"batch {batch}"] = batch * x.shape[1] / 100 / whole_s
+    timed = ("Recognizer.recognize_features (encoder + search, max_len = S); step = (whole - encoder alone) / S; "
+             f"throughput = B x audio seconds / whole at beam 1, {args.steps[0]} steps")  # fmt: skip
+    return dict(runtime=f"onnxruntime {ort.__version__} (our runtime)", encoder_s=encoder_s[1], step_s=by[grid_key(1, args.steps[0])],
+                load_s=load_s, timed=timed, raw=raw, step_s_by=by, throughput=throughput)  # fmt: skip
+
+
+def decode(rec, feats: list[np.ndarray], beam: int, steps: int) -> None:
+    """One search over `feats` as a batch, exactly `steps` steps (the checkpoints never emit eos)."""
+    from optimize.runtime.search import DecodeConfig
+
+    rec.decode = DecodeConfig(beam_size=beam, batch_size=len(feats), max_len=steps)
+    hyps = rec.recognize_features(feats)
+    assert all(len(h.tokens) == steps for h in hyps), f"decoded {[len(h.tokens) for h in hyps]} tokens, want {steps}"
 
 
 def sherpa_caps(seconds: float, steps: int) -> tuple[int, ...]:
@@ -208,13 +243,13 @@ def time_sherpa(pair_dir: Path, seconds: float, args: argparse.Namespace) -> dic
         return n if n >= int(frames / 100 * cap) else n + 1  # stopped by eos: that step ran too
 
     raw, n, t = {}, [], []
-    for cap in sherpa_caps(seconds, args.steps):
+    for cap in sherpa_caps(seconds, args.steps[0]):
         n.append(decode(cap))
         median, runs = timed_median(lambda: decode(cap), args.warmup, args.repeats)
         t.append(median)
         raw[f"cap {cap}/s"] = {"steps": n[-1], "runs_s": runs}
     if len(set(n)) < 2:
-        raise SystemExit(f"sherpa-onnx ran {n} steps at caps {sherpa_caps(seconds, args.steps)}: cannot fit a step time")
+        raise SystemExit(f"sherpa-onnx ran {n} steps at caps {sherpa_caps(seconds, args.steps[0])}: cannot fit a step time")
     step_s, rest_s = np.polyfit(n, t, 1)  # least squares: seconds = rest + steps x step
     timed = (f"whole decode of {seconds:g} s audio at {', '.join(map(str, n))} steps; step = fitted slope, "
              f"encoder = intercept (fbank + encoder + set-up)")  # fmt: skip
@@ -225,27 +260,36 @@ def time_sherpa(pair_dir: Path, seconds: float, args: argparse.Namespace) -> dic
                 step_s=float(step_s), load_s=load_s, timed=timed, raw=raw)  # fmt: skip
 
 
+def pair_of(name: str, args: argparse.Namespace) -> Path:
+    """The pair a system of ours or sherpa-onnx's runs."""
+    variant = name.split("-", 1)[1]
+    if variant == "int8" and args.int8:
+        return args.int8
+    return args.root / ("int8-v1" if variant == "v1-int8" else variant)
+
+
 def run_system(name: str, args: argparse.Namespace, x: np.ndarray, mem: PeakRss) -> Timing:
     seconds = x.shape[1] / 100
-    int8 = args.int8 or args.root / "int8"
     with mem.phase(name) as phase:
         if name == "official-eager":
             r = time_official(args.root / "ckpt", x, args)
         elif name.startswith("ours-"):
-            r = time_ours(int8 if name == "ours-int8" else args.root / "fp32", x, args)
+            r = time_ours(pair_of(name, args), x, args, full=name != "ours-fp32")
         else:
-            r = time_sherpa(int8 if name == "sherpa-int8" else args.root / "int8-v1", seconds, args)
+            r = time_sherpa(pair_of(name, args), seconds, args)
         gc.collect()  # the model goes before the next system loads
-    e2e = r["encoder_s"] + args.steps * r["step_s"]
+    steps = args.steps[0]
+    e2e = r["encoder_s"] + steps * r["step_s"]
     return Timing(
-        system=name, runtime=r["runtime"], encoder_ms=1e3 * r["encoder_s"], step_ms=1e3 * r["step_s"], steps=args.steps,
+        system=name, runtime=r["runtime"], encoder_ms=1e3 * r["encoder_s"], step_ms=1e3 * r["step_s"], steps=steps,
         e2e_s=e2e, rtf=e2e / seconds, load_s=r["load_s"], peak_rss_gib=phase.peak_bytes / GIB,
         peak_anon_gib=phase.peak_anon_bytes / GIB, timed=r["timed"], raw=r["raw"],
+        step_ms_by={k: 1e3 * v for k, v in r.get("step_s_by", {}).items()}, throughput=r.get("throughput", {}),
     )  # fmt: skip
 
 
-def ratios(rows: dict[str, Timing]) -> dict[str, float]:
-    """Speedups (> 1 = the first system named is faster) and the int8 RTFs, where both systems ran."""
+def ratios(rows: dict[str, Timing], args: argparse.Namespace) -> dict[str, float]:
+    """Speedups (> 1 = the first system named is slower) and other ratios, where both systems ran."""
     pairs = {
         "e2e speedup int8 vs official eager": ("official-eager", "ours-int8", "e2e_s"),
         "e2e speedup int8 vs our fp32": ("ours-fp32", "ours-int8", "e2e_s"),
@@ -253,8 +297,25 @@ def ratios(rows: dict[str, Timing]) -> dict[str, float]:
         "decoder step speedup int8 vs official eager": ("official-eager", "ours-int8", "step_ms"),
         "decoder step speedup ours vs v1-layout int8 (sherpa-onnx both)": ("sherpa-v1-int8", "sherpa-int8", "step_ms"),
         "decoder step speedup ours vs v1-layout int8 (our runtime vs sherpa v1)": ("sherpa-v1-int8", "ours-int8", "step_ms"),
+        "decoder step speedup int4dec vs int8 (our runtime)": ("ours-int8", "ours-int4dec", "step_ms"),
+        "encoder speedup int8-static vs int8 (our runtime)": ("ours-int8", "ours-int8-static", "encoder_ms"),
+        **{f"e2e speedup {v} vs official eager": ("official-eager", f"ours-{v}", "e2e_s") for v in VARIANTS},
+        **{f"e2e speedup ours vs sherpa-onnx, {v} pair": (f"sherpa-{v}", f"ours-{v}", "e2e_s") for v in VARIANTS},
+        **{f"encoder speedup ours vs sherpa-onnx, {v} pair": (f"sherpa-{v}", f"ours-{v}", "encoder_ms") for v in VARIANTS},
     }
-    out = {k: getattr(rows[a], f) / getattr(rows[b], f) for k, (a, b, f) in pairs.items() if a in rows and b in rows}
+    # a step derived as (whole - encoder) / steps can come out <= 0 on a tiny model or a busy
+    # machine: no ratio is formed from it
+    out = {k: getattr(rows[a], f) / getattr(rows[b], f) for k, (a, b, f) in pairs.items()
+           if a in rows and b in rows and getattr(rows[a], f) > 0 and getattr(rows[b], f) > 0}  # fmt: skip
+    for name, t in rows.items():
+        variant = name.split("-", 1)[1]
+        for steps in args.steps:
+            greedy, beam3 = t.step_ms_by.get(grid_key(1, steps)), t.step_ms_by.get(grid_key(3, steps))
+            if greedy and beam3 and greedy > 0 and beam3 > 0:
+                label = variant if name.startswith("ours-") else name
+                out[f"beam 3 vs greedy per step, {label}" + ("" if steps == args.steps[0] else f" ({steps} steps)")] = beam3 / greedy
+        if "batch 1" in t.throughput and "batch 16" in t.throughput:
+            out[f"batch 16 vs batch 1 throughput, {variant}"] = t.throughput["batch 16"] / t.throughput["batch 1"]
     for name in ("ours-int8", "sherpa-int8"):
         if name in rows:
             out[f"rtf {name}"] = rows[name].rtf
@@ -263,8 +324,7 @@ def ratios(rows: dict[str, Timing]) -> dict[str, float]:
 
 def check_targets(r: dict[str, float]) -> dict[str, dict]:
     checks = {k: {"value": r[k], "target": f">= {m}", "met": r[k] >= m} for k, m in TARGETS if k in r}
-    if "rtf ours-int8" in r:
-        checks["rtf ours-int8"] = {"value": r["rtf ours-int8"], "target": f"<= {MAX_RTF}", "met": r["rtf ours-int8"] <= MAX_RTF}
+    checks |= {k: {"value": r[k], "target": f"<= {m}", "met": r[k] <= m} for k, m in TARGET_MAXIMA if k in r}
     return checks
 
 
@@ -322,9 +382,10 @@ def _summarise(trace: Path, calls_per_run: int) -> dict:
 
 
 def markdown(rows: dict[str, Timing], r: dict[str, float], checks: dict, args: argparse.Namespace) -> str:
+    steps = args.steps[0]
     lines = [
-        f"{args.frames} frames ({args.frames / 100:g} s), {args.steps} forced decoder steps, {args.threads} threads, "
-        f"median of {args.repeats} after {args.warmup} warm-up",
+        f"{args.frames} frames ({args.frames / 100:g} s), {steps} decoder steps end to end, {args.threads} threads, "
+        f"median of {args.repeats} after {args.warmup} warm-up; CPU: {cpu_model()}",
         "",
         "| system | runtime | encoder ms | decoder ms/step | e2e s | RTF | load s | peak RSS GiB (anon) |",
         "|---|---|---|---|---|---|---|---|",
@@ -332,6 +393,16 @@ def markdown(rows: dict[str, Timing], r: dict[str, float], checks: dict, args: a
     for t in rows.values():
         lines.append(f"| {t.system} | {t.runtime} | {t.encoder_ms:.1f} | {t.step_ms:.2f} | {t.e2e_s:.3f} | {t.rtf:.4f} "
                      f"| {t.load_s:.1f} | {t.peak_rss_gib:.2f} ({t.peak_anon_gib:.2f}) |")  # fmt: skip
+    grid = [grid_key(b, n) for b, n in search_grid(args)]
+    by_rows = [t for t in rows.values() if t.step_ms_by]
+    if by_rows:
+        lines += ["", "| system | " + " | ".join(f"ms/step {g}" for g in grid) + " |", "|---|" + "---|" * len(grid)]
+        lines += [f"| {t.system} | " + " | ".join(f"{t.step_ms_by[g]:.2f}" if g in t.step_ms_by else "-" for g in grid) + " |" for t in by_rows]
+    batches = [f"batch {b}" for b in sorted(set(args.batches) | {1})]
+    tp_rows = [t for t in rows.values() if t.throughput]
+    if tp_rows:
+        lines += ["", f"| system | " + " | ".join(f"audio s/s {b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
+        lines += [f"| {t.system} | " + " | ".join(f"{t.throughput[b]:.2f}" if b in t.throughput else "-" for b in batches) + " |" for t in tp_rows]
     lines += ["", "| ratio | value | full-size target |", "|---|---|---|"]
     for k, v in r.items():
         c = checks.get(k)
@@ -340,10 +411,19 @@ def markdown(rows: dict[str, Timing], r: dict[str, float], checks: dict, args: a
     return "\n".join(lines)
 
 
-def profile_markdown(profile: dict, top: int = 10) -> str:
+def cpu_model() -> str:
+    """lscpu's model name and the SIMD flags that decide the int8/int4 kernels."""
+    from optimize.cache import host_cpu_flags
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    flags = sorted(f for f in host_cpu_flags() if f.startswith(("avx", "amx", "fma")))
+    return f"{model}, {os.cpu_count()} logical CPUs, flags {' '.join(flags)}"
+
+
+def profile_markdown(profile: dict, name: str, top: int = 10) -> str:
     lines = []
     for role, p in profile.items():
-        lines += ["", f"ours-int8 {role}: {p['ms_per_call']:.2f} ms per {'run' if role == 'encoder' else 'step'} of kernel time",
+        lines += ["", f"{name} {role}: {p['ms_per_call']:.2f} ms per {'run' if role == 'encoder' else 'step'} of kernel time",
                   "| op type | ms | share |", "|---|---|---|"]  # fmt: skip
         lines += [f"| {o['op']} | {o['ms_per_call']:.3f} | {100 * o['share']:.1f}% |" for o in p["by_op"][:top]]
     return "\n".join(lines)
@@ -362,8 +442,19 @@ def contention(threads: int, own: bool = False) -> dict:
     return {"cores": cores, "load_avg_1min": load, "busy": load > cores - (0 if own else threads) + 0.5}
 
 
+def default_systems(args: argparse.Namespace) -> list[str]:
+    """Every system whose pair (or checkpoint) exists under ROOT."""
+    names = []
+    for name in SYSTEMS:
+        path = args.root / "ckpt" if name == "official-eager" else args.root / "fp32" if name == "ours-fp32" else pair_of(name, args)
+        if path.exists():
+            names.append(name)
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.systems = args.systems or default_systems(args)
     busy_before = contention(args.threads)
     x = features(args.frames)
     rows: dict[str, Timing] = {}
@@ -371,20 +462,21 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.systems:
             rows[name] = run_system(name, args, x, mem)
             print(f"{name}: encoder {rows[name].encoder_ms:.1f} ms, step {rows[name].step_ms:.2f} ms", file=sys.stderr)
-    r = ratios(rows)
+    r = ratios(rows, args)
     checks = check_targets(r)
     busy = [busy_before, contention(args.threads, own=True)]
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "host": platform.platform(), "contention": busy,
-              "systems": {k: asdict(v) for k, v in rows.items()}, "ratios": r, "targets": checks}  # fmt: skip
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "host": platform.platform(), "cpu": cpu_model(),
+              "contention": busy, "systems": {k: asdict(v) for k, v in rows.items()}, "ratios": r, "targets": checks}  # fmt: skip
     text = markdown(rows, r, checks, args)
     if any(b["busy"] for b in busy):
         text = (f"WARNING: load average {max(b['load_avg_1min'] for b in busy):.1f} on {busy[0]['cores']} cores with "
                 f"{args.threads} threads: other processes held the cores, these timings are not comparable\n\n") + text
     missed = any(not c["met"] for c in checks.values())
-    if "ours-int8" in rows and (args.profile == "always" or (args.profile == "on-miss" and missed)):
+    if args.profile == "always" or (args.profile == "on-miss" and missed):
         out = (args.json or args.root / "cpu_benchmark.json").parent / "profiles"
-        report["profile_ours_int8"] = profile_by_op(args.int8 or args.root / "int8", x, args.steps, args.threads, out)
-        text += "\n" + profile_markdown(report["profile_ours_int8"])
+        for name in [n for n in rows if n.startswith("ours-") and n != "ours-fp32"]:
+            report[f"profile_{name}"] = profile_by_op(pair_of(name, args), x, args.steps[0], args.threads, out / name)
+            text += "\n" + profile_markdown(report[f"profile_{name}"], name)
     path = args.json or args.root / "cpu_benchmark.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(text)

@@ -9,6 +9,10 @@ Writes, under OUT (a step whose output exists is skipped, so an interrupted run 
   fp32-v1/   the published v1 layout: self-cache length fixed at 1024
   int8/      fp32/ through quantize_dynamic (MatMul only, per-tensor): the benchmark's int8 pair
   int8-v1/   fp32-v1/ through the same quantization: the v1-layout int8 pair
+  int4dec/   int8/'s encoder + fp32/'s decoder through the int4_weight_only stage (symmetric
+             4-bit blocks of 32, accuracy_level 4): the int4-decoder variant
+  int8-static/  fp32/'s encoder through the int8_static stage (ranges from calibration/calib,
+             per-channel) + int8/'s decoder: the static-int8 encoder variant
   make_aed_l.json  dims, parameter count, bytes on disk and peak RSS per step and phase (each
                    step runs in a fresh process), the ratio of each peak over the process
                    baseline to the fp32 weight bytes, and that ratio applied to AED-L's weights
@@ -46,7 +50,7 @@ import onnx
 from optimize import contract, graph
 from optimize.evaluate.memory import GIB, PeakRss, max_rss_bytes, rss_bytes
 
-STEPS = ("ckpt", "fp32", "fp32-v1", "int8", "int8-v1")
+STEPS = ("ckpt", "fp32", "fp32-v1", "int8", "int8-v1", "int4dec", "int8-static")
 # FireRedASR-AED-L: encoder 710,543,968 + decoder 429,806,080 parameters (the tied output
 # projection counted once); measured on d_model 1280 checkpoints as count(1+1 layers) +
 # 15 x (count(2+2) - count(1+1)), and equal to the published 710.5M / 429.8M.
@@ -226,6 +230,37 @@ def _quantizer_phases(mem: PeakRss, prefix: str):
         yield
 
 
+CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "calib" / "audio"
+# variant -> (stage, the pair whose encoder it starts from, the pair whose decoder it starts from)
+VARIANTS = {"int4dec": ("int4_weight_only", "int8", "fp32"), "int8-static": ("int8_static", "fp32", "int8")}
+
+
+def variant_pair(out: Path, step: str, target: Path) -> dict:
+    """Run a variant's stage on a pair mixed from two earlier steps; returns the stage's record.
+
+    The stage quantizes one graph and copies the other, so the input pair takes the graph
+    to quantize from fp32/ and the other, already int8, from int8/ (copied, not linked:
+    the stages refuse hard-linked external data).
+    """
+    from optimize.stages import load_stage
+
+    name, enc_from, dec_from = VARIANTS[step]
+    mixed = out / f"{step}.input"
+    shutil.rmtree(mixed, ignore_errors=True)
+    mixed.mkdir()
+    try:
+        for src, fname in ((out / enc_from, contract.ENCODER_FILE), (out / dec_from, contract.DECODER_FILE)):
+            for f in graph.files_of(src / fname):
+                shutil.copyfile(f, mixed / f.name)
+        shutil.copyfile(out / "fp32" / contract.TOKENS_FILE, mixed / contract.TOKENS_FILE)
+        stage = load_stage(name)
+        cfg = stage.Config(calibration=CALIBRATION) if name == "int8_static" else stage.Config()
+        result = stage.run(mixed, target, cfg)
+    finally:
+        shutil.rmtree(mixed, ignore_errors=True)
+    return {"stage": name, "notes": list(result.notes), "details": result.details}
+
+
 def pair_files(pair: Path) -> dict[str, dict]:
     """Bytes on disk per graph (with its external data) and the external-data files it uses."""
     return {
@@ -252,6 +287,8 @@ def run_step(args: argparse.Namespace, step: str) -> dict:
             make_checkpoint(target, dims_of(args), args.seed)
         elif step in ("fp32", "fp32-v1"):
             export(out / "ckpt", target, V1_CACHE_LEN if step == "fp32-v1" else None, mem)
+        elif step in VARIANTS:
+            record["stage"] = variant_pair(out, step, target)
         else:
             src = out / ("fp32-v1" if step == "int8-v1" else "fp32")
             record["graphs"] = quantize_pair(src, target, args.weight_type, args.reduce_range, mem)

@@ -177,14 +177,16 @@ def test_cpu_benchmark_runs_end_to_end(tmp_path):
     made = run(BENCHMARKS / "make_aed_l.py", root, *TINY_ARGS)
     assert made.returncode == 0, made.stderr[-3000:]
     report = json.loads((root / "make_aed_l.json").read_text())
-    assert set(report["steps"]) == {"ckpt", "fp32", "fp32-v1", "int8", "int8-v1"}
+    assert set(report["steps"]) == {"ckpt", "fp32", "fp32-v1", "int8", "int8-v1", "int4dec", "int8-static"}
+    assert report["steps"]["int4dec"]["stage"]["details"]["decoder"]["MatMulNBits"] > 0
     assert all(r["max_rss_gib"] > r["baseline_rss_gib"] for r in report["steps"].values())
 
     out = tmp_path / "bench.json"
-    bench = run(BENCHMARKS / "cpu_benchmark.py", root, "--steps", 2, "--repeats", 1, "--frames", 300, "--profile", "always", "--json", out)
+    bench = run(BENCHMARKS / "cpu_benchmark.py", root, "--steps", 2, "--repeats", 1, "--frames", 300, "--batches", 1, 2, "--profile", "always", "--json", out)
     assert bench.returncode == 0, bench.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert list(result["systems"]) == ["official-eager", "ours-fp32", "ours-int8", "sherpa-int8", "sherpa-v1-int8"]
+    variants = ["int8", "int4dec", "int8-static"]
+    assert list(result["systems"]) == ["official-eager", "ours-fp32", *(f"ours-{v}" for v in variants), *(f"sherpa-{v}" for v in variants), "sherpa-v1-int8"]
     for name, t in result["systems"].items():
         assert t["steps"] == 2, name
         if name.startswith("sherpa") and "NOT MEASURED" in t["timed"]:
@@ -193,5 +195,10 @@ def test_cpu_benchmark_runs_end_to_end(tmp_path):
         assert t["rtf"] == pytest.approx(t["e2e_s"] / 3.0)
     assert {r["steps"] for r in result["systems"]["sherpa-v1-int8"]["raw"].values()} == {2, 5, 8}  # caps 1, 2, 3 per s over 298 frames
     assert "e2e speedup int8 vs official eager" in result["ratios"] and result["targets"]
-    assert {o["op"] for o in result["profile_ours_int8"]["decoder"]["by_op"]} >= {"DynamicQuantizeMatMul"}
+    assert {o["op"] for o in result["profile_ours-int8"]["decoder"]["by_op"]} >= {"DynamicQuantizeMatMul"}
+    assert {o["op"] for o in result["profile_ours-int4dec"]["decoder"]["by_op"]} >= {"MatMulNBits"}
+    for v in variants:  # the beam grid and the batch sizes ran for every variant of ours
+        t = result["systems"][f"ours-{v}"]
+        assert set(t["step_ms_by"]) == {"beam 1, 2 steps", "beam 3, 2 steps"} and set(t["throughput"]) == {"batch 1", "batch 2"}
+        assert all(tp > 0 for tp in t["throughput"].values())
     assert "| ours-int8 |" in bench.stdout
