@@ -174,3 +174,19 @@ def check(path: Path) -> None:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:  # type: ignore[attr-defined]
         raise OptimizeError(f"{path} is not a valid ONNX model: {str(e).splitlines()[0]}", "this is a stage bug: report it with the model") from e
+
+
+# Ops of an already-quantized graph (dynamic/static int8, QDQ, weight-only 4/8-bit).
+QUANTIZED_OPS = frozenset({
+    "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "QLinearMatMul",
+    "QLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "MatMulNBits", "QAttention",
+})  # fmt: skip
+
+
+def quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """Counts of quantization ops in a graph (empty for a float graph)."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
