@@ -192,10 +192,46 @@ def _publish_final(src: Path, run_dir: Path) -> Path:
     return final
 
 
+# Stages that quantize their input: a pair that is already quantized must not enter them.
+QUANTIZING_STAGES = ("int8", "int8_static", "int8_weight_only", "int4_weight_only")
+
+
+def _input_stages(recipe: Recipe, log: Log) -> list[Stage]:
+    """Stages the input pair needs before the recipe's own: `reexport` for a published sherpa-onnx pair.
+
+    A pair not made by `optimize export` (no overridable cross_attn_mask) keeps the published
+    graphs' fixed cache, per-step machinery and batch 1, which the recipe's stages cannot
+    undo (issue 12: 2.7x slower, 3.4x larger); re-exporting its weights gives our pair.
+    An already quantized pair is refused here, before any stage runs.
+    """
+    from optimize.contract import model_paths
+    from optimize.stages import config_class, reexport
+
+    try:
+        model_paths(Path(recipe.model))
+        quantized = reexport.quantized(Path(recipe.model))
+        published = reexport.needed(Path(recipe.model))
+    except OptimizeError:
+        return []  # a missing or unreadable pair: the baseline stage reports it in its report row
+    quantizing = [s.name for s in recipe.stages if s.name in QUANTIZING_STAGES]
+    if quantized and (quantizing or published):
+        ops = "; ".join(f"{role}: " + ", ".join(f"{n} {op}" for op, n in sorted(q.items())) for role, q in quantized.items())
+        why = f"recipe {recipe.name} would quantize it again (stage {quantizing[0]})" if quantizing else "its weights cannot be lifted exactly"
+        raise OptimizeError(
+            f"{recipe.model} is already quantized ({ops}) and {why}",
+            "start from the published fp32 or fp16 files or from the official checkpoint; `optimize eval` and `optimize transcribe` run this pair as it is",
+        )
+    if not published or (recipe.stages and recipe.stages[0].name == "reexport"):
+        return []
+    log(f"note: {recipe.model} was not made by `optimize export` (published sherpa-onnx style); stage reexport runs first (needs torch)")
+    return [Stage("reexport", config_class("reexport")())]
+
+
 def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None, progress: Progress = quiet) -> dict:
     """Run `recipe`; returns the report. Raises OptimizeError on the first failed stage."""
     provider = options.provider or recipe.provider
     _check_provider(recipe, provider)
+    before = _input_stages(recipe, log)  # refuses an unsuitable input before anything is written
     representative = provider == recipe.provider
     if not representative:
         log(f"note: recipe {recipe.name} targets {recipe.provider}; running on {provider}, so RTF is not representative and min_speedup is not judged")
@@ -206,13 +242,14 @@ def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None,
     header = report.header(recipe, to_dict(recipe), provider, representative, settings.timed(), SPEEDUP_BASIS[provider])
     ev = recipe.evaluation
     with cluster(ev.executor, ev.workers, recipe.threads, options.ray_address) as address:  # joined once, before any stage
-        return _run_stages(recipe, options, settings, header, address, log, progress)
+        return _run_stages(recipe, options, settings, header, address, log, progress, before)
 
 
-def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header: dict, address: str | None, log: Log, progress: Progress) -> dict:
+def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header: dict, address: str | None, log: Log, progress: Progress,
+                before: list[Stage]) -> dict:
     """Baseline, then each stage: produce, evaluate, judge, report; publish final when all passed."""
     run_dir, provider, representative = Path(recipe.output), settings.provider, header["rtf_representative"]
-    chain = [Stage(BASELINE, None), *recipe.stages]
+    chain = [Stage(BASELINE, None), *before, *recipe.stages]
     src, rows, evaluator = Path(recipe.model), [], None
     for index, stage in enumerate(chain):
         stage_dir = run_dir / f"{index}-{stage.name}"

@@ -214,14 +214,13 @@ def make_published(ckpt_dir: Path, out_dir: Path, style: str = "v2", external: s
 
 
 def to_fp16(src: Path, dst: Path) -> Path:
-    """The fp16 sibling: onnxconverter's float16 conversion with float32 I/O (keep_io_types)."""
+    """The fp16 sibling: ORT's float16 conversion, default block list, float32 I/O (keep_io_types); recipe unpublished."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("encoder.onnx", "decoder.onnx"):
         model = onnx.load(str(src / name))
-        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
-                                        op_block_list=["LayerNormalization", "Softmax", "Pow", "ReduceMean", "Range"])  # fmt: skip
+        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
         onnx.save_model(half, str(dst / name))
     (dst / "tokens.txt").write_bytes((src / "tokens.txt").read_bytes())
     return dst

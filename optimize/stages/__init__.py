@@ -40,6 +40,7 @@ from optimize.contract import (  # GRAPHS, verify_contract: re-exported for the 
 from optimize.errors import OptimizeError
 
 STAGES = {
+    "reexport": "optimize.stages.reexport",  # published sherpa-onnx input -> our export of its weights
     "simplify": "optimize.stages.simplify",
     "fuse": "optimize.stages.fuse",
     "fp16": "optimize.stages.fp16",
