@@ -215,7 +215,8 @@ def eval_(
         typer.echo(f"vs reference: token agreement {m['token_agreement']:.3f}, error rate delta {result.get('delta_error_rate')}, speedup {result['speedup']:.2f}x")
     typer.echo(f"RTF {rtf['rtf']:.4f} (p50 {rtf['p50']:.4f}, p90 {rtf['p90']:.4f}) over {rtf['items']} items: {rtf['timed']}")
     tp = m["throughput"]
-    typer.echo(f"throughput {tp['audio_seconds_per_wall_second']:.1f} audio s per wall s ({tp['executor']}, {tp['workers']} worker(s), {tp['shards']} shard(s))")
+    if tp:  # None in parity_only evaluations without eval data
+        typer.echo(f"throughput {tp['audio_seconds_per_wall_second']:.1f} audio s per wall s ({tp['executor']}, {tp['workers']} worker(s), {tp['shards']} shard(s))")
     typer.echo(f"size {m['size_mb']:.2f} MB; ops {m['op_stats']}")
 
 
