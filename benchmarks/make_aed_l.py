@@ -2,6 +2,7 @@
 
     python benchmarks/make_aed_l.py work/aed_l                       # full AED-L size (1.14 B params)
     python benchmarks/make_aed_l.py work/aed_512 --d-model 512 --heads 8 --enc-layers 2 --dec-layers 2
+    python benchmarks/make_aed_l.py work/aed_l2 --release 2 --vocab 8667 --with-ctc   # FireRedASR2-AED size
 
 Writes, under OUT (a step whose output exists is skipped, so an interrupted run resumes):
   ckpt/      model.pth.tar, cmvn.ark, dict.txt in the official format (random weights)
@@ -68,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kernel-size", type=int, default=33, help="conformer depthwise kernel (AED-L: 33)")
     p.add_argument("--vocab", type=int, default=7832, help="output vocabulary (AED-L: 7832)")
     p.add_argument("--seed", type=int, default=0, help="weight seed")
+    p.add_argument("--release", type=int, choices=(1, 2), default=1, help="checkpoint format: 2 = FireRedASR2-AED (adds the CTC head)")
+    p.add_argument("--with-ctc", action="store_true", help="export the CTC head as a third encoder output (release 2)")
     p.add_argument("--weight-type", choices=("QInt8", "QUInt8"), default="QInt8", help="int8 weight type (published v1: QInt8)")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True, help="7-bit weights (needed without VNNI)")
     p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="steps to run (default: all)")
@@ -95,16 +98,16 @@ def parameter_count(ckpt: Path) -> dict[str, int]:
     for key, value in state.items():
         if key.endswith(".pe") or key == "decoder.tgt_word_prj.weight":
             continue  # positional tables are buffers; the projection is tied to the embedding
-        count[key.split(".")[0]] += value.numel()
-    return {**count, "total": count["encoder"] + count["decoder"]}
+        count[key.split(".")[0]] = count.get(key.split(".")[0], 0) + value.numel()
+    return {**count, "total": sum(count.values())}  # FireRedASR2 adds "ctc": the CTC head
 
 
-def make_checkpoint(out: Path, dims: dict, seed: int) -> None:
+def make_checkpoint(out: Path, dims: dict, seed: int, release: int = 1) -> None:
     """Random official-format checkpoint whose greedy decode never emits eos (see module doc)."""
     from optimize.export.checkpoint import make_random_checkpoint
     from optimize.export.model import AedDims
 
-    make_random_checkpoint(out, seed=seed, **dims)
+    make_random_checkpoint(out, seed=seed, version=release, **dims)
     _zero_eos_row(out / "model.pth.tar", AedDims(**dims).eos_id)
 
 
@@ -149,7 +152,7 @@ def labelled_phases(mem: PeakRss, prefix: str, targets: list[tuple[object, str, 
             setattr(owner, attr, fn)
 
 
-def export(ckpt: Path, out: Path, fixed_cache_len: int | None, mem: PeakRss) -> None:
+def export(ckpt: Path, out: Path, fixed_cache_len: int | None, mem: PeakRss, with_ctc: bool = False) -> None:
     from optimize.export import exporter
 
     targets = [
@@ -158,7 +161,7 @@ def export(ckpt: Path, out: Path, fixed_cache_len: int | None, mem: PeakRss) -> 
         (exporter, "_finish_graph", lambda raw, final, *a, **k: f"load+save {Path(final).stem}"),
     ]
     with labelled_phases(mem, out.name, targets):
-        exporter.export_checkpoint(ckpt, out, exporter.ExportConfig(fixed_cache_len=fixed_cache_len))
+        exporter.export_checkpoint(ckpt, out, exporter.ExportConfig(fixed_cache_len=fixed_cache_len, with_ctc=with_ctc))
 
 
 def int8_bytes_estimate(model: onnx.ModelProto) -> int:
@@ -284,9 +287,9 @@ def run_step(args: argparse.Namespace, step: str) -> dict:
     mem = PeakRss()
     with mem, mem.phase(step):
         if step == "ckpt":
-            make_checkpoint(target, dims_of(args), args.seed)
+            make_checkpoint(target, dims_of(args), args.seed, args.release)
         elif step in ("fp32", "fp32-v1"):
-            export(out / "ckpt", target, V1_CACHE_LEN if step == "fp32-v1" else None, mem)
+            export(out / "ckpt", target, V1_CACHE_LEN if step == "fp32-v1" else None, mem, args.with_ctc)
         elif step in VARIANTS:
             record["stage"] = variant_pair(out, step, target)
         else:

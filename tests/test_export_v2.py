@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
 import onnx
 import pytest
 
@@ -189,3 +190,25 @@ def test_random_v2_checkpoint_round_trips(tmp_path):
     loaded = load_checkpoint(ckpt)
     assert loaded.version == 2 and loaded.model.ctc is not None
     assert load_checkpoint(make_random_checkpoint(tmp_path / "c1", seed=1, **TINY_DIMS)).version == 1
+
+
+@pytest.mark.parametrize("recipe", ["cpu_int8", "gpu_fp16"])
+def test_shipped_recipe_stages_on_a_v2_export(tiny_pair_v2, tmp_path, recipe):
+    """The shipped recipe's stages and settings on a v2 --with-ctc pair (gpu_fp16 as with --provider cpu).
+
+    Judged by parity (small probes keep it fast); the final pair keeps the v2 metadata and
+    the CTC output, and its CTC log-probs still pick the baseline's best token per frame.
+    """
+    from stage_helpers import cli, tiny_recipe
+
+    shipped = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
+    gates = shipped["gates"] | {"min_speedup": 0.01, "min_logits_cosine": 0.99}  # no timing judged in tests
+    path = tiny_recipe(tmp_path / "r.yaml", tiny_pair_v2, shipped["stages"], tmp_path / "run", gates=gates,
+                       decode={"beam_size": 1, "max_len": 12})  # fmt: skip
+    result = cli("run", path, "--provider", "cpu")
+    assert result.exit_code == 0, result.stderr
+    final = tmp_path / "run" / "final"
+    assert _meta(final) == _meta(tiny_pair_v2)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 300, 80)).astype(np.float32), "x_len": np.array([300])}
+    ours, ref = next(sessions(final)).run(None, feeds), next(sessions(tiny_pair_v2)).run(None, feeds)
+    assert len(ours) == 3 and (ours[2].argmax(-1) == ref[2].argmax(-1)).mean() >= 0.9

@@ -25,10 +25,12 @@ DEFAULT = ROOT / "artifacts" / "firered-aed-tiny"
 GREEDY = DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0)
 
 
-@pytest.fixture(scope="module", params=["published", "dynamic", "fixed1024"])
+@pytest.fixture(scope="module", params=["published", "dynamic", "fixed1024", "v2-with-ctc"])
 def pair(request, tmp_path_factory):
     if request.param == "published":
         return DEFAULT
+    if request.param == "v2-with-ctc":  # FireRedASR2 format, third encoder output ctc_log_probs
+        return request.getfixturevalue("default_pair_v2")
     out = tmp_path_factory.mktemp(request.param)
     cfg = ExportConfig(fixed_cache_len=1024 if request.param == "fixed1024" else None)
     export_checkpoint(DEFAULT / "checkpoint", out, cfg)
