@@ -24,7 +24,10 @@ exact indexing is not public); the weights, names and I/O are what matter for li
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import shutil
+import tempfile
 import types
 import warnings
 from pathlib import Path
@@ -32,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+
+from optimize.graph import needs_external_data
 import torch.nn as nn
 
 STYLES = {
@@ -196,18 +201,24 @@ def make_published(ckpt_dir: Path, out_dir: Path, style: str = "v2", external: s
     dec_axes = {"n_layer_cross_k": cross_axes, "n_layer_cross_v": cross_axes,
                 "in_n_layer_self_k_cache": cache_axes, "in_n_layer_self_v_cache": cache_axes,
                 "out_n_layer_self_k_cache": cache_axes, "out_n_layer_self_v_cache": cache_axes}  # fmt: skip
-    raw_enc, raw_dec = out_dir / "raw-encoder.onnx", out_dir / "raw-decoder.onnx"
-    _export(enc, (x, x_len), raw_enc, ["x", "x_len"], ["n_layer_cross_k", "n_layer_cross_v"], enc_axes, opset)
-    _export(dec, dec_args, raw_dec, ["tokens", "in_n_layer_self_k_cache", "in_n_layer_self_v_cache", "n_layer_cross_k",
-                                     "n_layer_cross_v", "offset"], ["logits", "out_n_layer_self_k_cache", "out_n_layer_self_v_cache"],
-            {k: v for k, v in dec_axes.items() if v}, opset)  # fmt: skip
-    encoder = onnx.load(str(raw_enc))
-    for key, value in published_metadata(ckpt_dir, args, style).items():
-        encoder.metadata_props.add(key=key, value=value)
-    _save(encoder, out_dir / "encoder.onnx", external)
-    _save(onnx.load(str(raw_dec)), out_dir / "decoder.onnx", None)
-    for f in out_dir.glob("raw-*"):
-        f.unlink()
+    raw = Path(tempfile.mkdtemp(dir=out_dir, prefix=".raw-"))  # torch writes a > 2 GB graph as one file per tensor
+    try:
+        _export(enc, (x, x_len), raw / "encoder.onnx", ["x", "x_len"], ["n_layer_cross_k", "n_layer_cross_v"], enc_axes, opset)
+        _export(dec, dec_args, raw / "decoder.onnx", ["tokens", "in_n_layer_self_k_cache", "in_n_layer_self_v_cache", "n_layer_cross_k",
+                                                       "n_layer_cross_v", "offset"], ["logits", "out_n_layer_self_k_cache", "out_n_layer_self_v_cache"],
+                {k: v for k, v in dec_axes.items() if v}, opset)  # fmt: skip
+        del model, enc, dec, k, v, dec_args
+        gc.collect()
+        encoder = onnx.load(str(raw / "encoder.onnx"))
+        for key, value in published_metadata(ckpt_dir, args, style).items():
+            encoder.metadata_props.add(key=key, value=value)
+        _save(encoder, out_dir / "encoder.onnx", external)
+        del encoder
+        gc.collect()
+        decoder = onnx.load(str(raw / "decoder.onnx"))
+        _save(decoder, out_dir / "decoder.onnx", external if needs_external_data(decoder) else None)
+    finally:
+        shutil.rmtree(raw)
     tokens = (Path(ckpt_dir) / "dict.txt").read_text(encoding="utf-8").splitlines()
     (out_dir / "tokens.txt").write_text("".join(line + "\n" for line in tokens), encoding="utf-8")
     return out_dir

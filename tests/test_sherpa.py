@@ -1,7 +1,8 @@
 """Drop-in: sherpa-onnx's FireRedASR runtime loads our pairs and decodes as our greedy search does.
 
 Uses the committed embedded default and its eval audio, exported in both layouts (dynamic
-self-cache and the published v1 fixed-1024 cache). sherpa-onnx stops after 8 tokens per
+self-cache and the published v1 fixed-1024 cache), and re-exported by stage reexport from a
+published-style v1 pair of the same checkpoint. sherpa-onnx stops after 8 tokens per
 second of audio; where it hits that cap its text must be a prefix of ours, else identical.
 """
 
@@ -25,12 +26,22 @@ DEFAULT = ROOT / "artifacts" / "firered-aed-tiny"
 GREEDY = DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0)
 
 
-@pytest.fixture(scope="module", params=["published", "dynamic", "fixed1024", "v2-with-ctc"])
+@pytest.fixture(scope="module", params=["published", "dynamic", "fixed1024", "v2-with-ctc", "reexported-v1"])
 def pair(request, tmp_path_factory):
     if request.param == "published":
         return DEFAULT
     if request.param == "v2-with-ctc":  # FireRedASR2 format, third encoder output ctc_log_probs
         return request.getfixturevalue("default_pair_v2")
+    if request.param == "reexported-v1":  # a published-style v1 pair made by the official modules, through stage reexport
+        pytest.importorskip("fireredasr.models.fireredasr_aed")
+        import published_style
+
+        from optimize.stages import reexport
+
+        src = published_style.make_published(DEFAULT / "checkpoint", tmp_path_factory.mktemp("v1") / "pair", "v1")
+        out = tmp_path_factory.mktemp("reexported") / "pair"
+        reexport.run(src, out, reexport.Config())
+        return out
     out = tmp_path_factory.mktemp(request.param)
     cfg = ExportConfig(fixed_cache_len=1024 if request.param == "fixed1024" else None)
     export_checkpoint(DEFAULT / "checkpoint", out, cfg)
