@@ -159,6 +159,7 @@ def run(
     executor: Optional[str] = typer.Option(None, "--executor", help="local or ray: where each evaluation decodes the eval set [default: the recipe's evaluation.executor]"),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
+    in_process: bool = typer.Option(False, "--in-process", help="run stages and evaluations in this process (faster start, for debugging; no per-stage peak memory)"),
 ):
     """Run a recipe: baseline -> stages, checks and gates after each; publishes <output>/final on success."""
     from optimize import pipeline, report
@@ -167,7 +168,8 @@ def run(
     _quiet_onnxruntime()
     cfg = _replace(load_recipe(recipe), model=model, data=data, output=output, threads=threads)
     cfg = _replace(cfg, evaluation=_replace(cfg.evaluation, executor=executor, workers=workers))
-    result = pipeline.run(cfg, pipeline.Options(provider=provider, force=force, ray_address=ray_address), log=_log, progress=_bar)
+    options = pipeline.Options(provider=provider, force=force, ray_address=ray_address, isolate=not in_process)
+    result = pipeline.run(cfg, options, log=_log, progress=_bar)
     widths = [max(len(c), *(len(r[i]) for r in report.table_rows(result))) for i, c in enumerate(report.HEADERS)]
     for cells in [list(report.HEADERS), *report.table_rows(result)]:
         typer.echo("  ".join(c.rjust(w) for c, w in zip(cells, widths)))

@@ -45,6 +45,10 @@ class Options:
     provider: str | None = None  # run the checks on this provider instead of the recipe's (RTF then not representative)
     force: bool = False  # redo cached stages and evaluations
     ray_address: str | None = None  # the Ray cluster evaluation.executor ray joins (None: $RAY_ADDRESS, else a local one)
+    # each stage and each evaluation in a fresh process: its own peak RSS, and the memory of
+    # multi-GB sessions leaves with it; False runs them in this process (the tests, a debugger),
+    # with the same outputs and cache keys but no per-stage peak memory
+    isolate: bool = True
 
 
 def _check_provider(recipe: Recipe, provider: str) -> None:
@@ -57,8 +61,8 @@ def _check_provider(recipe: Recipe, provider: str) -> None:
         raise OptimizeError(f"recipe {recipe.name} targets cuda but {e.message}", f"{e.fix} to run the same checks on the CPU (RTF not representative)") from e
 
 
-def _stage_child(module: str, src: str, dst: str, cfg: object) -> dict:
-    """Body of the per-stage child process; OptimizeError comes back as data (it does not pickle its fix)."""
+def _stage_child(module: str, src: str, dst: str, cfg: object, isolated: bool = True) -> dict:
+    """Body of the per-stage child process (or the stage in this one); OptimizeError comes back as data (it does not pickle its fix)."""
     import importlib
     import logging
 
@@ -73,14 +77,18 @@ def _stage_child(module: str, src: str, dst: str, cfg: object) -> dict:
         out = importlib.import_module(module).run(Path(src), Path(dst), cfg)
     except OptimizeError as e:
         return {"error": [e.message, e.fix]}
-    return {"output": out.to_json(), "seconds": time.perf_counter() - start, "peak_rss_mb": max_rss_bytes() / 2**20}
+    peak = max_rss_bytes() / 2**20 if isolated else None  # in this process the high-water mark is not the stage's
+    return {"output": out.to_json(), "seconds": time.perf_counter() - start, "peak_rss_mb": peak}
 
 
-def _transform(stage: Stage, src: Path, dst: Path) -> dict:
-    """Run one stage in a fresh process and return what it reported."""
-    context = multiprocessing.get_context("spawn")  # fresh interpreter: own address space (VmHWM), no inherited imports
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        result = pool.submit(_stage_child, STAGES[stage.name], str(src), str(dst), stage.config).result()
+def _transform(stage: Stage, src: Path, dst: Path, isolate: bool) -> dict:
+    """Run one stage, in a fresh process when `isolate`, and return what it reported."""
+    if not isolate:
+        result = _stage_child(STAGES[stage.name], str(src), str(dst), stage.config, isolated=False)
+    else:
+        context = multiprocessing.get_context("spawn")  # fresh interpreter: own address space (VmHWM), no inherited imports
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            result = pool.submit(_stage_child, STAGES[stage.name], str(src), str(dst), stage.config).result()
     if "error" in result:
         raise OptimizeError(*result["error"])
     return result
@@ -124,26 +132,26 @@ def _import_baseline(src: Path, dst: Path) -> dict:
     return {"output": {"notes": ["the fp32 input pair, unchanged"]}, "seconds": 0.0, "peak_rss_mb": None}
 
 
-def _produce(stage: Stage, src: Path, dst: Path, force: bool, log: Log) -> dict:
+def _produce(stage: Stage, src: Path, dst: Path, options: Options, log: Log) -> dict:
     """The stage's record: from the cache when its key matches, else by running it."""
     inputs = cache.digests(src)
     config = dataclasses.asdict(stage.config) if dataclasses.is_dataclass(stage.config) else {}
     code = cache.code_digest(*STAGE_CODE, *([STAGES[stage.name]] if stage.name in STAGES else []))
     key = cache.key(stage.name, inputs, {"config": config, "code": code})
-    record = None if force else cache.finished(dst, key)
+    record = None if options.force else cache.finished(dst, key)
     if record:
         log(f"{dst.name}: cached")
         return record | {"cached": True}
     log(f"{dst.name}: running")
     shutil.rmtree(dst, ignore_errors=True)
-    done = _import_baseline(src, dst) if stage.name == BASELINE else _transform(stage, src, dst)
+    done = _import_baseline(src, dst) if stage.name == BASELINE else _transform(stage, src, dst, options.isolate)
     record = {"stage": stage.name, "key": key, "config": config, "versions": cache.tool_versions(), "host": cache.host(),
               "inputs": inputs, "outputs": cache.digests(dst), **done}  # fmt: skip
     cache.write_record(dst, record)
     return record | {"cached": False}
 
 
-def _evaluate(evaluator: Evaluator, record: dict, stage_dir: Path, input_dir: Path | None, settings: dict, force: bool, progress: Progress) -> Metrics:
+def _evaluate(evaluator: Evaluator, record: dict, stage_dir: Path, input_dir: Path | None, settings: dict, options: Options, progress: Progress) -> Metrics:
     """Metrics of a stage's pair, from the record when its evaluation key matches."""
     def outputs(d: Path | None) -> dict | None:
         return cache.read_record(d)["outputs"] if d else None
@@ -151,10 +159,13 @@ def _evaluate(evaluator: Evaluator, record: dict, stage_dir: Path, input_dir: Pa
     refs = {"input": outputs(input_dir), "baseline": outputs(evaluator.baseline_dir)}
     key = cache.key("evaluation", record["outputs"], settings | {"references": refs, "code": cache.code_digest(*EVAL_CODE)})
     cached = record.get("evaluation", {})
-    if not force and cached.get("key") == key:
+    if not options.force and cached.get("key") == key:
         return Metrics.from_json(cached["metrics"])
     try:
-        metrics = _evaluate_in_child(evaluator, stage_dir, input_dir, progress)
+        if options.isolate:
+            metrics = _evaluate_in_child(evaluator, stage_dir, input_dir, progress)
+        else:
+            metrics = evaluator.evaluate(stage_dir, input_dir, progress)
     except ExecutorError as e:  # the cluster's problem, not the pair's: no failed row, nothing cached
         raise ExecutorError(f"evaluating {stage_dir.name}: {e.message}", f"{e.fix}; nothing was published") from e
     cache.write_record(stage_dir, {k: v for k, v in record.items() if k != "cached"} | {"evaluation": {"key": key, "metrics": metrics.to_json()}})
@@ -254,7 +265,7 @@ def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header
     for index, stage in enumerate(chain):
         stage_dir = run_dir / f"{index}-{stage.name}"
         try:
-            record = _produce(stage, src, stage_dir, options.force, log)
+            record = _produce(stage, src, stage_dir, options, log)
         except OptimizeError as e:
             rows.append(report.Row(stage.name, str(stage_dir), passed=False, failures=[f"stage: {e}"]))
             report.write(run_dir, header, rows, None)
@@ -262,7 +273,7 @@ def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header
         if evaluator is None:
             evaluator = Evaluator(load_data(stage_dir, recipe.data, settings, progress), settings, stage_dir, address)
         eval_settings = dataclasses.asdict(settings) | {"data": evaluator.data.digest}
-        metrics = _evaluate(evaluator, record, stage_dir, None if index == 0 else src, eval_settings, options.force, progress)
+        metrics = _evaluate(evaluator, record, stage_dir, None if index == 0 else src, eval_settings, options, progress)
         if index == 0:
             metrics = dataclasses.replace(metrics, token_agreement=1.0)  # the baseline agrees with itself
             evaluator.baseline = metrics if metrics.passed else None

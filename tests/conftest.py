@@ -7,6 +7,7 @@ module (2 encoder blocks, 2 decoder layers, 4 heads, kernel 5).
 from __future__ import annotations
 
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -107,4 +108,80 @@ def default_pair_v2(default_ckpt_v2, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("default_pair_v2")
     export_checkpoint(default_ckpt_v2, out, ExportConfig(with_ctc=True))
+    return out
+
+
+def _reshape_decoder(model, eos_bias: float = 0.5) -> None:
+    """Make random-weight decoding depend on the input and stop at EOS sometimes.
+
+    At random init the scaled, tied embedding dominates the residual stream and the
+    decoder repeats its input token forever. Shrinking the embedding and
+    strengthening cross attention lets the encoder decide; `eos_bias` (added to the
+    EOS logit through the final LayerNorm bias) makes some hypotheses end early.
+    """
+    import torch
+
+    eos = model.dims.eos_id
+    with torch.no_grad():
+        dec = model.decoder
+        dec.tgt_word_emb.weight.mul_(0.05)
+        for layer in dec.layer_stack:
+            layer.cross_attn.fc.weight.mul_(4.0)
+            for w in (layer.self_attn.fc.weight, layer.mlp.w_1.weight, layer.mlp.w_2.weight):
+                w.mul_(2.0)
+        e = dec.tgt_word_emb.weight[eos]
+        dec.layer_norm_out.bias.add_(eos_bias * e / e.dot(e))
+
+
+@pytest.fixture(scope="session")
+def varied_ckpt(tiny_ckpt, tmp_path_factory):
+    """tiny_ckpt with its decoder reshaped (_reshape_decoder): tokens vary with the input and end at EOS sometimes."""
+    from optimize.export.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_ckpt)
+    _reshape_decoder(ckpt.model)
+    out = tmp_path_factory.mktemp("varied_ckpt")
+    save_checkpoint(out, ckpt.model, ckpt.cmvn_stats, ckpt.tokens)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pair(varied_ckpt, tmp_path_factory):
+    """varied_ckpt exported with the dynamic self-cache (the recognizer and IOBinding tests' model)."""
+    from optimize.export.exporter import export_checkpoint
+
+    out = tmp_path_factory.mktemp("varied_pair")
+    export_checkpoint(varied_ckpt, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pair_v1(varied_ckpt, tmp_path_factory):
+    """varied_ckpt exported in the published v1 layout (self-cache fixed at 1024)."""
+    from optimize.export.exporter import ExportConfig, export_checkpoint
+
+    out = tmp_path_factory.mktemp("varied_pair_v1")
+    export_checkpoint(varied_ckpt, out, ExportConfig(fixed_cache_len=1024))
+    return out
+
+
+@pytest.fixture(scope="session")
+def published_layout(pair_v1, tmp_path_factory):
+    """pair_v1 rewritten to the published v1 I/O: batch dims fixed at 1, no cross_attn_mask input."""
+    import onnx
+
+    from optimize import contract
+
+    out = tmp_path_factory.mktemp("published_layout")
+    for name in (contract.ENCODER_FILE, contract.DECODER_FILE):
+        model = onnx.load(str(pair_v1 / name))
+        for value in list(model.graph.input) + list(model.graph.output):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param == "N":
+                    dim.dim_value = 1
+        for value in list(model.graph.input):
+            if value.name == contract.CROSS_MASK:
+                model.graph.input.remove(value)  # the zero initializer stays, as a constant
+        onnx.save(model, str(out / name))
+    shutil.copyfile(pair_v1 / contract.TOKENS_FILE, out / contract.TOKENS_FILE)
     return out

@@ -25,9 +25,7 @@ from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.session import OrtPair
 
 pytest.importorskip("torch")
-# The recognizer tests' input-dependent model (its tokens vary with the input and end at EOS
-# sometimes), in the dynamic, fixed-1024 and published batch-1 layouts.
-from tests.test_recognizer import pair, pair_v1, published_layout, varied_ckpt  # noqa: E402, F401
+# pair, pair_v1, published_layout, varied_ckpt: the session fixtures of conftest.py
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 BOUND_CPU = ProviderOptions(io_binding=True)

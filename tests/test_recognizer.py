@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import onnx
 import pytest
 import soundfile as sf
 from typer.testing import CliRunner
@@ -27,73 +26,6 @@ torch = pytest.importorskip("torch")
 
 FRAMES = (60, 23, 150, 51, 37, 80, 44)  # deliberately unsorted: results must come back in input order
 SHORT = 6  # steps; <= T' of the shortest input, so every batch composition runs the same number of steps
-
-
-def _reshape_decoder(model, eos_bias: float = 0.5) -> None:
-    """Make random-weight decoding depend on the input and stop at EOS sometimes.
-
-    At random init the scaled, tied embedding dominates the residual stream and the
-    decoder repeats its input token forever. Shrinking the embedding and
-    strengthening cross attention lets the encoder decide; `eos_bias` (added to the
-    EOS logit through the final LayerNorm bias) makes some hypotheses end early.
-    """
-    eos = model.dims.eos_id
-    with torch.no_grad():
-        dec = model.decoder
-        dec.tgt_word_emb.weight.mul_(0.05)
-        for layer in dec.layer_stack:
-            layer.cross_attn.fc.weight.mul_(4.0)
-            for w in (layer.self_attn.fc.weight, layer.mlp.w_1.weight, layer.mlp.w_2.weight):
-                w.mul_(2.0)
-        e = dec.tgt_word_emb.weight[eos]
-        dec.layer_norm_out.bias.add_(eos_bias * e / e.dot(e))
-
-
-@pytest.fixture(scope="module")
-def varied_ckpt(tiny_ckpt, tmp_path_factory):
-    from optimize.export.checkpoint import load_checkpoint, save_checkpoint
-
-    ckpt = load_checkpoint(tiny_ckpt)
-    _reshape_decoder(ckpt.model)
-    out = tmp_path_factory.mktemp("varied_ckpt")
-    save_checkpoint(out, ckpt.model, ckpt.cmvn_stats, ckpt.tokens)
-    return out
-
-
-@pytest.fixture(scope="module")
-def pair(varied_ckpt, tmp_path_factory):
-    from optimize.export.exporter import export_checkpoint
-
-    out = tmp_path_factory.mktemp("varied_pair")
-    export_checkpoint(varied_ckpt, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def pair_v1(varied_ckpt, tmp_path_factory):
-    from optimize.export.exporter import ExportConfig, export_checkpoint
-
-    out = tmp_path_factory.mktemp("varied_pair_v1")
-    export_checkpoint(varied_ckpt, out, ExportConfig(fixed_cache_len=1024))
-    return out
-
-
-@pytest.fixture(scope="module")
-def published_layout(pair_v1, tmp_path_factory):
-    """pair_v1 rewritten to the published v1 I/O: batch dims fixed at 1, no cross_attn_mask input."""
-    out = tmp_path_factory.mktemp("published_layout")
-    for name in (contract.ENCODER_FILE, contract.DECODER_FILE):
-        model = onnx.load(str(pair_v1 / name))
-        for value in list(model.graph.input) + list(model.graph.output):
-            for dim in value.type.tensor_type.shape.dim:
-                if dim.dim_param == "N":
-                    dim.dim_value = 1
-        for value in list(model.graph.input):
-            if value.name == contract.CROSS_MASK:
-                model.graph.input.remove(value)  # the zero initializer stays, as a constant
-        onnx.save(model, str(out / name))
-    shutil.copy(pair_v1 / contract.TOKENS_FILE, out / contract.TOKENS_FILE)
-    return out
 
 
 @pytest.fixture(scope="module")

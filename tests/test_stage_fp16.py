@@ -9,7 +9,6 @@ from stage_helpers import (
     outside_contract_pair,
     probe_parity,
     refused,
-    run_with_unmeetable_gate,
 )
 
 import onnx
@@ -63,8 +62,3 @@ def test_fp16_truncated_input(tiny_pair, tmp_path):
 def test_fp16_outside_contract(tiny_pair, tmp_path):
     run_stage = lambda src, out: fp16.run(src, out, fp16.Fp16Config())  # noqa: E731
     refused(run_stage, outside_contract_pair(tiny_pair, tmp_path / "broken"), tmp_path / "out", "decoder outputs")
-
-
-def test_fp16_gate_that_cannot_be_met(tiny_pair, tmp_path):
-    stage_dir = run_with_unmeetable_gate("fp16", tiny_pair, tmp_path)
-    assert (stage_dir / "encoder.onnx").is_file()

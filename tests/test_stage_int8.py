@@ -9,11 +9,11 @@ from stage_helpers import (
     outside_contract_pair,
     probe_parity,
     refused,
-    run_with_unmeetable_gate,
 )
 
 from optimize import graph
 from optimize.errors import OptimizeError
+from optimize.cache import host_cpu_flags
 from optimize.stages import int8
 
 
@@ -37,7 +37,8 @@ def test_int8_quantizes_matmuls_and_keeps_contract(tiny_pair, quantized):
     for role in ("encoder", "decoder"):
         assert out.details[role]["quantized"]["MatMulInteger"] > 0
         assert out.ops_after[role].get("ConvInteger", 0) == 0  # MatMul only
-    assert out.details["reduce_range"] in (True, False)
+    # the default reduce_range "auto" resolved for this host: on only without VNNI
+    assert out.details["reduce_range"] is int8.resolve_reduce_range("auto", host_cpu_flags())
 
 
 @pytest.mark.parametrize("flags, want", [({"avx2"}, True), ({"avx2", "avx512_vnni"}, False), ({"avx_vnni"}, False), (set(), True)])
@@ -76,10 +77,6 @@ def test_int8_outside_contract(tiny_pair, tmp_path):
     run_stage = lambda src, out: int8.run(src, out, int8.Int8Config())  # noqa: E731
     refused(run_stage, outside_contract_pair(tiny_pair, tmp_path / "broken"), tmp_path / "out", "decoder outputs")
 
-
-def test_int8_gate_that_cannot_be_met(tiny_pair, tmp_path):
-    stage_dir = run_with_unmeetable_gate("int8", tiny_pair, tmp_path)
-    assert (stage_dir / "encoder.onnx").is_file()
 
 
 def test_int8_can_keep_the_decoder_float(tiny_pair, tmp_path):

@@ -9,10 +9,8 @@ from stage_helpers import (
     outside_contract_pair,
     probe_parity,
     refused,
-    run_with_unmeetable_gate,
 )
 
-from optimize import graph
 from optimize.stages import simplify
 
 
@@ -49,8 +47,3 @@ def test_simplify_outside_contract(tiny_pair, tmp_path):
     run_stage = lambda src, out: simplify.run(src, out, simplify.SimplifyConfig())  # noqa: E731
     error = refused(run_stage, outside_contract_pair(tiny_pair, tmp_path / "broken"), tmp_path / "out", "decoder outputs")
     assert "\n" not in str(error)
-
-
-def test_simplify_gate_that_cannot_be_met(tiny_pair, tmp_path):
-    stage_dir = run_with_unmeetable_gate("simplify", tiny_pair, tmp_path)
-    assert graph.load(stage_dir / "encoder.onnx")  # kept for inspection
