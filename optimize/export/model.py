@@ -47,7 +47,7 @@ class AedDims:
 
 def _inv_freq(d_model: int) -> torch.Tensor:
     """w_i = exp(2i * -(ln 10000 / d)), float32, exactly as the official tables compute it."""
-    return torch.exp(torch.arange(0, d_model, 2).float() * -(torch.log(torch.tensor(10000.0)).item() / d_model))
+    return torch.exp(torch.arange(0, d_model, 2).float() * -(torch.log(torch.tensor(10000.0, device="cpu")).item() / d_model))
 
 
 def sinusoid(positions: torch.Tensor, d_model: int) -> torch.Tensor:
