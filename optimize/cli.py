@@ -87,8 +87,14 @@ def transcribe(
     executor: str = typer.Option("local", "--executor", help="local (this process) or ray (sharded over a Ray cluster's workers, 1 thread each unless --threads)"),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
+    timestamps: bool = typer.Option(
+        False, "--timestamps", help="per-token start/end seconds by CTC forced alignment (a pair exported with --with-ctc); adds a JSON field"
+    ),
 ):
-    """Transcribe audio files with an ONNX pair; prints `path<TAB>text` per file."""
+    """Transcribe audio files with an ONNX pair; prints `path<TAB>text` per file.
+
+    With --timestamps a third field follows: JSON [[token, start, end], ...] in seconds.
+    """
     from optimize.runtime.recognizer import Recognizer
     from optimize.runtime.search import DecodeConfig
     from optimize.runtime.providers import ProviderOptions
@@ -96,13 +102,22 @@ def transcribe(
     _quiet_onnxruntime()
     decode = _replace(DecodeConfig(), beam_size=beam_size, batch_size=batch_size)
     options = _replace(ProviderOptions(), device_id=device_id, io_binding=io_binding or None)
+    if timestamps and (executor != "local" or workers is not None or ray_address is not None):
+        raise OptimizeError("--timestamps with --executor ray", "use --executor local for timestamps")
     if executor != "local" or workers is not None or ray_address is not None:
         hyps = _transcribe_distributed(model_dir, audio, decode, provider, threads, options, executor, workers, ray_address)
     else:
         session = {k: v for k, v in {"threads": threads, "provider": provider}.items() if v is not None}
-        hyps = Recognizer(model_dir, decode=decode, options=options, **session).transcribe(audio)
+        recognizer = Recognizer(model_dir, decode=decode, options=options, timestamps=timestamps, **session)
+        hyps = recognizer.transcribe(audio)
     for path, hyp in zip(audio, hyps):
-        typer.echo(f"{path}\t{hyp.text}")
+        line = f"{path}\t{hyp.text}"
+        if timestamps:
+            import json
+
+            symbols = recognizer.tokens.symbols
+            line += "\t" + json.dumps([[symbols[t], s, e] for t, (s, e) in zip(hyp.tokens, hyp.times)], ensure_ascii=False)
+        typer.echo(line)
 
 
 def _transcribe_distributed(model_dir, audio, decode, provider, threads, options, executor, workers, ray_address) -> list:

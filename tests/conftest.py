@@ -92,6 +92,7 @@ def default_ckpt_v2(tmp_path_factory):
     out = tmp_path_factory.mktemp("default_ckpt_v2")
     for f in ("cmvn.ark", "dict.txt"):
         shutil.copy(src / f, out / f)
+    shutil.copy(src / "train_bpe.model", out / "train_bpe1000.model")  # the name FireRedASR2's loader opens
     package = torch.load(src / "model.pth.tar", map_location="cpu", weights_only=False)
     args, state = package["args"], package["model_state_dict"]
     gen = torch.Generator().manual_seed(13)

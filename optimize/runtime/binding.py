@@ -78,6 +78,11 @@ class BoundPair:
         cross_k, cross_v = self._run(self.pair.encoder, {_X: x, _X_LEN: x_len}, device_outputs=_ENC_OUTPUTS)
         return cross_k, cross_v
 
+    def encode_with_ctc(self, x: np.ndarray, x_len: np.ndarray) -> tuple[ort.OrtValue, ort.OrtValue, np.ndarray]:
+        """`encode` plus the CTC log-probs on the host, shape = (N, T', V), float32 (pairs with has_ctc)."""
+        ctc, cross_k, cross_v = self._run(self.pair.encoder, {_X: x, _X_LEN: x_len}, host_outputs=(contract.CTC_OUTPUT[0],), device_outputs=_ENC_OUTPUTS)
+        return cross_k, cross_v, ctc.numpy()
+
     def gather_rows(self, k: ort.OrtValue, v: ort.OrtValue, rows: np.ndarray | list[int]) -> tuple[ort.OrtValue, ort.OrtValue]:
         """(k[:, rows], v[:, rows]) on the device; k, v shape = (d0, N, ...), float32; rows shape = (R,), int64."""
         feed = {"k": k, "v": v, "rows": np.asarray(rows, dtype=np.int64)}

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from optimize import contract
 from optimize.errors import OptimizeError
+from optimize.runtime import ctc
 from optimize.runtime.audio import MAX_FRAMES, check_length, load_audio
 from optimize.runtime.binding import BoundInference, BoundPair
-from optimize.runtime.features import NUM_MEL_BINS, apply_cmvn, fbank
+from optimize.runtime.features import NUM_MEL_BINS, SAMPLE_RATE, apply_cmvn, fbank
 from optimize.runtime.search import DecodeConfig, Inference, search
 from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.session import OrtPair
@@ -26,6 +27,9 @@ WARMUP_FRAMES = (100, 300, 1000, 3000)
 class Hypothesis:
     tokens: tuple[int, ...]  # token ids without sos/eos
     text: str  # detokenized as FireRedASR does
+    # (start, end) seconds per token from the CTC alignment (Recognizer(timestamps=True)); None
+    # when not asked, or when the tokens cannot be aligned (FireRedASR2 gives none then either)
+    times: tuple[tuple[float, float], ...] | None = None
 
 
 class OrtInference:
@@ -112,9 +116,17 @@ class Recognizer:
         provider: str = "cpu",
         threads: int = 0,
         options: ProviderOptions = ProviderOptions(),
+        timestamps: bool = False,
     ):
+        """`timestamps`: per-token times by CTC forced alignment; needs a pair exported with --with-ctc."""
         self.decode = decode
         self.pair = OrtPair(model_dir, provider=provider, threads=threads, options=options)
+        if timestamps and not self.pair.has_ctc:
+            raise OptimizeError(
+                f"{model_dir}: the encoder has no {contract.CTC_OUTPUT[0]} output, which timestamps need",
+                "export a FireRedASR2 checkpoint with `optimize export --with-ctc`",
+            )
+        self.timestamps = timestamps
         # CUDA always binds: a host round trip of cross K/V and both caches per step is what IOBinding removes
         self.bound = BoundPair(self.pair) if options.binds(provider) else None
         self.tokens = TokenTable.read(Path(model_dir) / contract.TOKENS_FILE)
@@ -137,8 +149,16 @@ class Recognizer:
         return apply_cmvn(fbank(samples), *self._cmvn)
 
     def transcribe(self, paths: list[str | Path]) -> list[Hypothesis]:
-        """Recognize audio files; results in input order."""
-        return self.recognize_features([self.features(load_audio(p)) for p in paths])
+        """Recognize audio files; results in input order.
+
+        With timestamps, times are FireRedASR2's user-level ones (ctc.audio_times: 60 ms
+        earlier, within the audio, evenly spread when the alignment fails).
+        """
+        audio = [load_audio(p) for p in paths]
+        hyps = self.recognize_features([self.features(a) for a in audio])
+        if not self.timestamps:
+            return hyps
+        return [replace(h, times=ctc.audio_times(h.times, len(h.tokens), len(a) / SAMPLE_RATE)) for h, a in zip(hyps, audio)]
 
     def recognize_features(self, feats: list[np.ndarray]) -> list[Hypothesis]:
         """Recognize CMVN-normalized features, each shape = (T_i, 80), float32.
@@ -178,18 +198,30 @@ class Recognizer:
         x = np.zeros((len(feats), frames.max(), NUM_MEL_BINS), dtype=np.float32)  # pad with 0.0 after CMVN
         for row, f in enumerate(feats):
             x[row, : len(f)] = f
-        model, maxlen = self._encode(x, frames, max_len or self.decode.max_len)
+        model, maxlen, log_probs = self._encode(x, frames, max_len or self.decode.max_len)
         info = self.pair.info
         seqs = search(model, len(feats), maxlen, self.decode, info.sos, info.eos)
-        return [Hypothesis(seq, self.tokens.detokenize(seq)) for seq in seqs]
+        hyps = [Hypothesis(seq, self.tokens.detokenize(seq)) for seq in seqs]
+        if log_probs is None:
+            return hyps
+        valid = (frames + 3) // 4  # encoder frames per row, the official mask rule
+        return [replace(h, times=ctc.align(log_probs[row, : valid[row]], h.tokens)) for row, h in enumerate(hyps)]
 
-    def _encode(self, x: np.ndarray, frames: np.ndarray, max_len: int) -> tuple[Inference, int]:
-        """Run the encoder on x, shape = (N, T, 80); return the decoder bound to its output and the step limit."""
+    def _encode(self, x: np.ndarray, frames: np.ndarray, max_len: int) -> tuple[Inference, int, np.ndarray | None]:
+        """Run the encoder on x, shape = (N, T, 80); return the decoder bound to its output, the step
+        limit, and with timestamps the CTC log-probs, shape = (N, T', V), float32 (else None)."""
+        log_probs = None
         if self.bound is None:
-            cross_k, cross_v = self.pair.encode(x, frames)
+            if self.timestamps:
+                cross_k, cross_v, log_probs = self.pair.encode_with_ctc(x, frames)
+            else:
+                cross_k, cross_v = self.pair.encode(x, frames)
             enc_len = cross_k.shape[2]
         else:
-            cross_k, cross_v = self.bound.encode(x, frames)
+            if self.timestamps:
+                cross_k, cross_v, log_probs = self.bound.encode_with_ctc(x, frames)
+            else:
+                cross_k, cross_v = self.bound.encode(x, frames)
             enc_len = cross_k.shape()[2]
         mask = cross_attention_mask(frames, enc_len) if len(set(frames.tolist())) > 1 else None
         maxlen = max_len or enc_len
@@ -197,5 +229,5 @@ class Recognizer:
         if fixed is not None:
             maxlen = min(maxlen, fixed)  # a fixed cache holds at most `fixed` positions
         if self.bound is None:
-            return OrtInference(self.pair, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen
-        return BoundInference(self.bound, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen
+            return OrtInference(self.pair, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen, log_probs
+        return BoundInference(self.bound, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen, log_probs

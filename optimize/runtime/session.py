@@ -46,6 +46,8 @@ class OrtPair:
         overridable = {i.name for i in self.decoder.get_overridable_initializers()}
         required = {i.name for i in self.decoder.get_inputs()}
         self.has_cross_mask = contract.CROSS_MASK in overridable | required
+        # FireRedASR2 pairs exported with --with-ctc: the CTC log-probs, for token timestamps
+        self.has_ctc = contract.CTC_OUTPUT[0] in {o.name for o in self.encoder.get_outputs()}
         # The published v1 graphs fix the batch dim at 1 (int); ours leave it symbolic (str).
         self.max_encoder_rows = _fixed(self.encoder.get_inputs()[0].shape[0])
         self.max_decoder_rows = _fixed(self.decoder.get_inputs()[0].shape[0])
@@ -87,6 +89,11 @@ class OrtPair:
         """
         cross_k, cross_v = self.encoder.run(_ENC_OUTPUTS, {_X: x, _X_LEN: x_len})
         return cross_k, cross_v
+
+    def encode_with_ctc(self, x: np.ndarray, x_len: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`encode` plus the CTC log-probs, shape = (N, T', V), float32 (pairs with has_ctc)."""
+        cross_k, cross_v, ctc = self.encoder.run(_ENC_OUTPUTS + [contract.CTC_OUTPUT[0]], {_X: x, _X_LEN: x_len})
+        return cross_k, cross_v, ctc
 
     def decoder_step(
         self,
