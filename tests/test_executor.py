@@ -130,7 +130,8 @@ def test_two_ray_workers_decode_the_eval_set_as_the_local_executor(ray_cluster, 
 
 
 def test_run_report_is_the_same_on_ray(ray_cluster, tmp_path, eval_data):
-    """`optimize run` with evaluation.executor ray: each stage's evaluation child joins the run's cluster."""
+    """`optimize run` with evaluation.executor ray, a process per stage and evaluation as users run it:
+    each evaluation's process joins the cluster the run joined, and the report equals a local run's."""
     manifest = tmp_path / "manifest.jsonl"
     lines = EVAL.read_text().splitlines()[:3]
     manifest.write_text("".join(json.dumps(json.loads(s) | {"audio": str(EVAL.parent / json.loads(s)["audio"])}) + "\n" for s in lines))
@@ -139,7 +140,7 @@ def test_run_report_is_the_same_on_ray(ray_cluster, tmp_path, eval_data):
         recipe = tiny_recipe(tmp_path / f"{kind}.yaml", MODEL, ["simplify"], tmp_path / kind, data=str(manifest), decode={"beam_size": 3},
                              evaluation={"mode": "full", "executor": kind, "probes": 2, "probe_steps": 6, "warmup": 1}
                              | ({"workers": 1} if kind == "ray" else {}))  # fmt: skip
-        result = cli("run", recipe)
+        result = cli("run", recipe, isolate=kind == "ray")  # ray: each evaluation's own process joins the run's cluster
         assert result.exit_code == 0, result.stderr
         rows[kind] = json.loads((tmp_path / kind / "report.json").read_text())["stages"]
     same = ("name", "error_rate", "delta_error_rate", "error_rate_vs_baseline", "token_agreement", "passed", "failures", "size_mb", "op_stats")
