@@ -302,10 +302,7 @@ def run_step(args: argparse.Namespace, step: str) -> dict:
 
 
 def _scale_thresholds(factor: float) -> int:
-    """Scale this process's external-data thresholds (exporter and graph module) by `factor`."""
-    from optimize.export import exporter
-
-    exporter.EXTERNAL_DATA_BYTES = int(exporter.EXTERNAL_DATA_BYTES * factor)
+    """Scale this process's external-data threshold (the one the exporter and every stage save by) by `factor`."""
     graph.PROTO_LIMIT_BYTES = int(graph.PROTO_LIMIT_BYTES * factor)
     return graph.PROTO_LIMIT_BYTES
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from optimize import cache, report
+from optimize import atomic, cache, report
 from optimize.errors import OptimizeError
 from optimize.evaluate.memory import max_rss_bytes
 from optimize.evaluate.metrics import SPEEDUP_BASIS, Comparison, Metrics, compare
@@ -26,7 +26,7 @@ from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data
 from optimize.recipe import Recipe, Stage, to_dict
 from optimize.runtime.executor import ExecutorError, cluster
 from optimize.runtime.providers import check_provider
-from optimize.stages import STAGES, publish
+from optimize.stages import STAGES
 
 BASELINE = "baseline"
 # Our modules whose code decides what a stage writes / what an evaluation measures.
@@ -123,12 +123,7 @@ def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | 
 
 def _import_baseline(src: Path, dst: Path) -> dict:
     """Copy the input pair into the run directory: every later stage reads only the run's copies."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in cache.pair_files(src):
-        shutil.copyfile(f, tmp / f.name)
-    publish(tmp, dst)
+    atomic.copy_files(cache.pair_files(src), dst)
     return {"output": {"notes": ["the fp32 input pair, unchanged"]}, "seconds": 0.0, "peak_rss_mb": None}
 
 
@@ -191,16 +186,6 @@ def _judge(metrics: Metrics, baseline: Metrics | None, recipe: Recipe, provider:
     if representative and judged.speedup < g.min_speedup:
         failures.append(f"gate: speedup {judged.speedup:.2f}x over the baseline ({judged.basis}) is below min_speedup {g.min_speedup}")
     return judged, failures
-
-
-def _publish_final(src: Path, run_dir: Path) -> Path:
-    final, tmp = run_dir / FINAL, run_dir / (FINAL + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for f in cache.pair_files(src):
-        shutil.copyfile(f, tmp / f.name)
-    publish(tmp, final)
-    return final
 
 
 # Stages that quantize their input: a pair that is already quantized must not enter them.
@@ -284,7 +269,7 @@ def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header
             raise OptimizeError(f"stage {stage.name} failed {failures[0]}", f"the artifact stays in {stage_dir} for inspection; nothing was published")
         log(f"{stage_dir.name}: passed")
         src = stage_dir
-    final = _publish_final(src, run_dir)
+    final = atomic.copy_files(cache.pair_files(src), run_dir / FINAL)
     return report.write(run_dir, header, rows, final)
 
 

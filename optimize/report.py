@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from optimize import cache
+from optimize import atomic, cache
 from optimize.evaluate.metrics import Comparison, Metrics
 
 JSON, MARKDOWN, PLOT = "report.json", "report.md", "report.png"
@@ -83,20 +83,14 @@ def header(recipe, resolved: dict, provider: str, representative: bool, timed: s
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write(run_dir: Path, head: dict, rows: list[Row], final: Path | None) -> dict:
     """Write the three report files; returns the report (its "stages" are the Rows)."""
     run_dir = Path(run_dir)
     passed = final is not None and all(r.passed for r in rows)
     data = head | {"stages": rows, "passed": passed, "final": None if final is None else str(final)}
     as_json = data | {"stages": [dataclasses.asdict(r) for r in rows]}
-    _atomic_write(run_dir / JSON, json.dumps(as_json, indent=2, default=str).encode())
-    _atomic_write(run_dir / MARKDOWN, markdown(data).encode())
+    atomic.write_bytes(run_dir / JSON, json.dumps(as_json, indent=2, default=str).encode())
+    atomic.write_bytes(run_dir / MARKDOWN, markdown(data).encode())
     plot(data, run_dir / PLOT)
     return data
 

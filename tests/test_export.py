@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 pytest.importorskip("fireredasr.models.fireredasr_aed")
 
-from optimize import contract  # noqa: E402
+from optimize import contract, graph  # noqa: E402
 from optimize.cli import app  # noqa: E402
 from optimize.export import exporter  # noqa: E402
 from optimize.export.checkpoint import load_checkpoint  # noqa: E402
@@ -132,7 +132,7 @@ def test_tokens_txt_matches_dict(tiny_pair, tiny_ckpt):
 
 
 def test_external_data_when_over_limit(tiny_ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr(exporter, "EXTERNAL_DATA_BYTES", 1000)  # force the >2 GB path on a small model
+    monkeypatch.setattr(graph, "PROTO_LIMIT_BYTES", 1000)  # force the >2 GB path on a small model
     exporter.export_checkpoint(tiny_ckpt, tmp_path / "big")
     files = sorted(p.name for p in (tmp_path / "big").iterdir())
     assert files == ["decoder.onnx", "decoder.onnx.data", "encoder.onnx", "encoder.onnx.data", "tokens.txt"]

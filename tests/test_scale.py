@@ -120,7 +120,7 @@ def external_pairs(request, tiny_ckpt, tmp_path_factory, make_aed_l):
 
     root = tmp_path_factory.mktemp("external")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(exporter, "EXTERNAL_DATA_BYTES", 0)
+        mp.setattr(graph, "PROTO_LIMIT_BYTES", 0)
         exporter.export_checkpoint(tiny_ckpt, root / "fp32")
         mp.setattr(graph, "PROTO_LIMIT_BYTES", 0 if request.param == "int8 external" else 10**9)
         record = make_aed_l.quantize_pair(root / "fp32", root / "int8", "QInt8", True)

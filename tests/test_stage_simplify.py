@@ -47,3 +47,20 @@ def test_simplify_outside_contract(tiny_pair, tmp_path):
     run_stage = lambda src, out: simplify.run(src, out, simplify.SimplifyConfig())  # noqa: E731
     error = refused(run_stage, outside_contract_pair(tiny_pair, tmp_path / "broken"), tmp_path / "out", "decoder outputs")
     assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize("raised, surfaces_as", [(RuntimeError("onnxsim: bad graph"), "OptimizeError"), (TypeError("simplify() got an unexpected keyword"), "TypeError")])
+def test_tool_errors_become_one_line_but_our_bugs_keep_their_type(tiny_pair, tmp_path, monkeypatch, raised, surfaces_as):
+    """A failure of onnxsim on the graph is the user's one-line error; a TypeError (an API that moved) stays a bug."""
+    from optimize.errors import OptimizeError
+
+    onnxsim = simplify._onnxsim()
+
+    def broken(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    with pytest.raises((OptimizeError, TypeError)) as e:
+        simplify.run(tiny_pair, tmp_path / "out", simplify.SimplifyConfig())
+    assert type(e.value).__name__ == surfaces_as
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()

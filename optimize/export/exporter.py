@@ -20,14 +20,12 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from optimize import contract
+from optimize import contract, graph
 from optimize.errors import OptimizeError
 from optimize.export.checkpoint import Checkpoint, load_checkpoint
 from optimize.export.model import FireRedAsrAed
 from optimize.runtime.features import cmvn_from_stats
 
-# A proto over 2 GiB cannot be serialized; leave headroom for the graph itself.
-EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 @dataclass(frozen=True)
@@ -174,17 +172,25 @@ def _trial_inputs(ckpt: Checkpoint, cfg: ExportConfig):
 
 
 def _assert_shapes(ckpt: Checkpoint, enc: EncoderGraph, dec: DecoderStepGraph, enc_args, dec_args, t_out) -> None:
-    """Trial forward with the shapes the contract promises; the message carries the shape."""
+    """Trial forward with the shapes the contract promises; a mismatch is an OptimizeError carrying the shape.
+
+    Real checks, not `assert`s: they must hold under `python -O` too.
+    """
     d = ckpt.dims
     with torch.no_grad():
         k, v, *ctc = enc(*enc_args)
         logits, kc, vc = dec(*dec_args)
+    want_kv = (d.n_layers_dec, 2, t_out, d.d_model)
+    checks = [("cross K", k.shape, want_kv), ("cross V", v.shape, want_kv), ("logits", logits.shape, (2, 1, d.odim)),
+              ("self K cache", kc.shape, dec_args[1].shape), ("self V cache", vc.shape, dec_args[2].shape)]  # fmt: skip
     if ctc:
-        assert tuple(ctc[0].shape) == (2, t_out, d.odim), f"CTC log-probs shape {tuple(ctc[0].shape)}, want (2, {t_out}, {d.odim})"
-    want = (d.n_layers_dec, 2, t_out, d.d_model)
-    assert tuple(k.shape) == want and tuple(v.shape) == want, f"cross K/V shape {tuple(k.shape)}, want {want}"
-    assert tuple(logits.shape) == (2, 1, d.odim), f"logits shape {tuple(logits.shape)}, want (2, 1, {d.odim})"
-    assert kc.shape == dec_args[1].shape and vc.shape == dec_args[2].shape, f"cache shape {tuple(kc.shape)}"
+        checks.append(("CTC log-probs", ctc[0].shape, (2, t_out, d.odim)))
+    for what, got, want in checks:
+        if tuple(got) != tuple(want):
+            raise OptimizeError(
+                f"trial forward: {what} shape {tuple(got)}, the contract needs {tuple(want)}",
+                "the checkpoint's args disagree with its weights; if they agree, report this export bug with the args",
+            )
 
 
 def _dynamic_axes(fixed_cache_len: int | None) -> tuple[dict, dict]:
@@ -228,15 +234,6 @@ def _make_mask_overridable(model: onnx.ModelProto) -> None:
     model.graph.input.append(mask_input)
 
 
-def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Save with external data (one `<name>.data` file) only when the proto would pass 2 GiB."""
-    size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-
-
 def _finish_graph(raw: Path, final: Path, meta: dict[str, str] | None, decoder: bool) -> None:
     model = onnx.load(str(raw), load_external_data=True)
     if decoder:
@@ -245,7 +242,7 @@ def _finish_graph(raw: Path, final: Path, meta: dict[str, str] | None, decoder: 
         model.metadata_props.clear()
         for key, value in meta.items():
             model.metadata_props.add(key=key, value=value)
-    save_onnx(model, final)
+    graph.save(model, final)  # external data by size (graph.PROTO_LIMIT_BYTES), as every stage saves
 
 
 def write_tokens(tokens: tuple[str, ...], path: Path) -> None:

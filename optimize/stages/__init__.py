@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable
 import onnx
 
 from optimize import graph
+from optimize.atomic import staged_dir
 from optimize.contract import (  # GRAPHS, verify_contract: re-exported for the stage modules
     DECODER_INPUTS,
     DECODER_OUTPUTS,
@@ -38,6 +38,7 @@ from optimize.contract import (  # GRAPHS, verify_contract: re-exported for the 
     verify_contract,
 )
 from optimize.errors import OptimizeError
+from optimize.runtime.providers import ORT_ERRORS
 
 STAGES = {
     "reexport": "optimize.stages.reexport",  # published sherpa-onnx input -> our export of its weights
@@ -75,6 +76,17 @@ def config_class(name: str) -> type:
     return load_stage(name).Config
 
 
+# What the tools a stage wraps (onnxsim, onnxruntime.transformers, onnxruntime.quantization,
+# onnx's checker and shape inference, ORT sessions they open) raise on a graph they cannot
+# handle; a stage turns these into an OptimizeError naming the knob. Anything else
+# (TypeError, AttributeError, ImportError: an API that moved after an upgrade) is a bug
+# of ours and keeps its traceback instead of reading as "skip the stage".
+TOOL_ERRORS = (
+    RuntimeError, ValueError, KeyError, IndexError, AssertionError, NotImplementedError,
+    onnx.checker.ValidationError, onnx.shape_inference.InferenceError, *ORT_ERRORS,
+)  # fmt: skip
+
+
 # A per-graph transform: (input .onnx path, output .onnx path, role "encoder"|"decoder").
 # It writes the output file (and its external data) and may return notes.
 GraphTransform = Callable[[Path, Path, str], "list[str] | None"]
@@ -89,11 +101,8 @@ def transform_pair(src: Path, dst: Path, stage: str, transform: GraphTransform) 
     src, dst = Path(src), Path(dst)
     _, _, tokens = model_paths(src)
     check_input(src)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     before, after, notes = {}, {}, []
-    try:
+    with staged_dir(dst) as tmp:
         for role, fname in GRAPHS.items():
             reference = graph.load(src / fname, load_external=False)
             before[role] = graph.op_counts(reference)
@@ -102,9 +111,6 @@ def transform_pair(src: Path, dst: Path, stage: str, transform: GraphTransform) 
             after[role] = restore_contract(reference, tmp / fname, f"{stage} ({role})")
             graph.release_memory()
         shutil.copyfile(tokens, tmp / TOKENS_FILE)
-        publish(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return before, after, tuple(notes)
 
 
@@ -140,11 +146,3 @@ def restore_contract(reference: onnx.ModelProto, out: Path, where: str) -> dict[
         onnx.save_model(model, str(out))
     verify_contract(reference, model, where)
     return graph.op_counts(model)
-
-
-def publish(tmp: Path, dst: Path) -> None:
-    """Replace `dst` with the finished directory `tmp` (rename, so never half-written)."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dst)

@@ -18,7 +18,7 @@ import onnx
 
 from optimize import graph
 from optimize.errors import OptimizeError
-from optimize.stages import StageOutput, transform_pair
+from optimize.stages import TOOL_ERRORS, StageOutput, transform_pair
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def _convert_graph(cfg: Fp16Config, casts: dict):
                 max_finite_val=cfg.max_finite_val,
                 min_positive_val=cfg.min_positive_val,
             )
-        except Exception as e:  # the converter raises assorted errors on graphs it cannot type
+        except TOOL_ERRORS as e:  # the tool cannot handle this graph (stages.TOOL_ERRORS)
             raise OptimizeError(f"fp16 conversion failed on the {role}: {str(e).splitlines()[0][:300]}", "set fp16.use_symbolic_shape_infer or block the failing op with fp16.keep_fp32_ops") from e
         casts[role] = {"kept_fp32_nodes": len(nodes)}
         model.save_model_to_file(str(out), use_external_data_format=graph.needs_external_data(model.model))

@@ -19,7 +19,7 @@ import onnx
 from optimize import contract, graph
 from optimize.contract import FUSED_OPS
 from optimize.errors import OptimizeError
-from optimize.stages import StageOutput, transform_pair
+from optimize.stages import TOOL_ERRORS, StageOutput, transform_pair
 
 # Our own fusions, run in this order after ORT's, on the ModelProto ORT produced. A pass
 # takes (model, role "encoder" | "decoder"), rewrites the model in place, and returns a
@@ -112,7 +112,7 @@ def _fuse_graph(cfg: FuseConfig, num_heads: int, hidden_size: int, record: dict)
                 opt_level=cfg.opt_level,
                 use_gpu=False,
             )
-        except Exception as e:  # the fusion code raises assorted errors on unexpected graphs
+        except TOOL_ERRORS as e:  # the tool cannot handle this graph (stages.TOOL_ERRORS)
             raise OptimizeError(f"onnxruntime.transformers failed on the {role}: {str(e).splitlines()[0][:300]}", "disable the failing fusion with fuse.disable, or skip the fuse stage") from e
         passes = cfg.firered_fusions if role in cfg.firered_graphs else ()
         record[role] = {name: FIRERED_FUSIONS[name](model.model, role) for name in passes}

@@ -17,7 +17,7 @@ import onnx
 from optimize import graph
 from optimize.cache import host_cpu_flags
 from optimize.errors import OptimizeError
-from optimize.stages import GRAPHS, StageOutput, transform_pair
+from optimize.stages import GRAPHS, TOOL_ERRORS, StageOutput, transform_pair
 
 # Ops quantize_dynamic can turn into integer ops (onnxruntime/quantization/registry.py
 # IntegerOpsRegistry). Gemm is not among them in dynamic mode.
@@ -107,7 +107,7 @@ def _quantize_graph(cfg: Int8Config, reduce_range: bool, record: dict):
                     "DefaultTensorType": onnx.TensorProto.FLOAT,
                 },
             )
-        except Exception as e:  # the quantizer raises assorted errors on graphs it cannot handle
+        except TOOL_ERRORS as e:  # the tool cannot handle this graph (stages.TOOL_ERRORS)
             raise OptimizeError(f"quantize_dynamic failed on the {role}: {str(e).splitlines()[0][:300]}", "exclude the failing node with int8.nodes_to_exclude") from e
         return []
 

@@ -24,7 +24,7 @@ import onnx
 from optimize import contract, graph
 from optimize.cache import host_cpu_flags
 from optimize.errors import OptimizeError
-from optimize.stages import StageOutput, transform_pair
+from optimize.stages import TOOL_ERRORS, StageOutput, transform_pair
 from optimize.stages.int8 import resolve_reduce_range
 
 FORMATS = ("QDQ", "QOperator")
@@ -127,7 +127,7 @@ def _transform(cfg: Int8StaticConfig, feats: list[np.ndarray], reduce_range: boo
                     "DefaultTensorType": onnx.TensorProto.FLOAT,  # fused com.microsoft ops (ort-toolchain.md E6)
                 },
             )  # fmt: skip
-        except Exception as e:  # the quantizer raises assorted errors on graphs it cannot handle
+        except TOOL_ERRORS as e:  # the tool cannot handle this graph (stages.TOOL_ERRORS)
             raise OptimizeError(f"quantize_static failed on the {role}: {str(e).splitlines()[0][:300]}", "exclude the failing node with int8_static.nodes_to_exclude") from e
         return []
 

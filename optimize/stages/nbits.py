@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from optimize import graph
 from optimize.errors import OptimizeError
-from optimize.stages import GRAPHS, StageOutput, transform_pair
+from optimize.stages import GRAPHS, TOOL_ERRORS, StageOutput, transform_pair
 
 # M = 1 output vs the dequantized weights' float product: activations are rounded to int8
 # per block at accuracy_level 4 (about 1% here), the #29853 failure is about 46%
@@ -77,7 +77,7 @@ def _transform(stage: str, bits: int, cfg, record: dict):
         try:
             q = quantizer_class(model, nodes_to_exclude=excluded, algo_config=algo_class(**kwargs), **kwargs)
             q.process()
-        except Exception as e:  # the quantizer raises assorted errors on graphs it cannot handle
+        except TOOL_ERRORS as e:  # the tool cannot handle this graph (stages.TOOL_ERRORS)
             raise OptimizeError(f"MatMulNBits quantization failed on the {role}: {str(e).splitlines()[0][:300]}", f"exclude the failing node with {stage}.nodes_to_exclude") from e
         result = q.model.model
         m1 = m1_error(result)

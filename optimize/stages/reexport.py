@@ -24,7 +24,8 @@ from pathlib import Path
 
 from optimize import contract, graph
 from optimize.errors import OptimizeError
-from optimize.stages import GRAPHS, StageOutput, check_input, publish
+from optimize.atomic import replace_dir
+from optimize.stages import GRAPHS, StageOutput, check_input
 
 TORCH_FIX = "install it with `pip install torch==2.13.0 && pip install -e '.[export]'`, or start from a pair made by `optimize export`"
 
@@ -134,7 +135,7 @@ def run(src: Path, dst: Path, cfg: ReexportConfig) -> StageOutput:
         _restore_published(src, pair)
         proof = prove(src, pair, cfg, fp16)
         after = {role: graph.op_counts(graph.load(pair / f, load_external=False)) for role, f in GRAPHS.items()}
-        publish(pair, dst)
+        replace_dir(pair, dst)
     notes = (f"lifted {dims.n_layers_enc}+{dims.n_layers_dec} layers, d_model {dims.d_model}, vocab {dims.odim} out of the "
              f"published graphs and re-exported (dynamic cache, batch, cross_attn_mask); metadata version {meta_version} kept",
              f"proof vs the published pair: cross K/V rel error {proof['cross_kv_rel_error']:.2e}, "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from optimize import graph
 from optimize.errors import OptimizeError
-from optimize.stages import StageOutput, transform_pair
+from optimize.stages import TOOL_ERRORS, StageOutput, transform_pair
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _simplify_graph(cfg: SimplifyConfig):
                 mutable_initializer=True,
                 certify=False,
             )
-        except Exception as e:  # onnxsim raises RuntimeError/ValueError/its C++ errors
+        except TOOL_ERRORS as e:  # the tool cannot handle this graph (stages.TOOL_ERRORS)
             raise OptimizeError(f"onnxsim failed on the {role}: {str(e).splitlines()[0][:300]}", "skip the simplify stage for this model") from e
         if not ok:
             raise OptimizeError(f"onnxsim's own check failed on the {role}", "set simplify.check_n: 0 or skip the simplify stage")
