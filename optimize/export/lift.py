@@ -294,7 +294,10 @@ def main() -> None:
     p.add_argument("model_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     a = p.parse_args()
-    print(write_checkpoint(lift(a.model_dir), a.out_dir))
+    try:
+        print(write_checkpoint(lift(a.model_dir), a.out_dir))
+    except OptimizeError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
