@@ -36,8 +36,9 @@ class ReexportConfig:
     probes: int = 2  # synthetic inputs (150 and 420 frames) of the numerical proof
     probe_steps: int = 8  # teacher-forced decoder steps per probe
     # proof thresholds against the published pair; fp32 input: the weights are bit-exact, so
-    # only float summation order differs
-    max_cross_kv_rel_error: float = 1e-4  # ||new - published|| / ||published||, cross K and V
+    # only the order of float operations differs (1x1 Conv vs MatMul, mask arithmetic): measured
+    # 4e-7 on random tiny weights, 5.6e-5 on the trained 4-layer default; it grows with depth
+    max_cross_kv_rel_error: float = 1e-3  # ||new - published|| / ||published||, cross K and V
     min_logits_cosine: float = 0.99999  # worst teacher-forced step of any probe
     # fp16 input: the published graph computes in fp16, the re-export in fp32 from the same
     # fp16-rounded weights; these bound the published graph's own fp16 rounding
