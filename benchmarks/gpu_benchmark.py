@@ -43,7 +43,7 @@ import torch
 
 from optimize.errors import OptimizeError
 from optimize.runtime.binding import BoundInference, BoundPair
-from optimize.runtime.recognizer import OrtInference
+from optimize.runtime.inference import OrtInference
 from optimize.runtime.search import DecodeConfig, search
 from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.session import OrtPair

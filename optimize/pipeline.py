@@ -32,7 +32,7 @@ BASELINE = "baseline"
 # Our modules whose code decides what a stage writes / what an evaluation measures.
 STAGE_CODE = ("optimize.stages", "optimize.graph")
 EVAL_CODE = ("optimize.evaluate.suite", "optimize.evaluate.metrics", "optimize.evaluate.parity", "optimize.evaluate.rtf", "optimize.evaluate.wer",
-             "optimize.runtime.providers", "optimize.runtime.session", "optimize.runtime.search", "optimize.runtime.recognizer",
+             "optimize.runtime.providers", "optimize.runtime.session", "optimize.runtime.search", "optimize.runtime.inference", "optimize.runtime.binding", "optimize.runtime.recognizer",
              "optimize.runtime.executor")  # fmt: skip
 FINAL = "final"
 Log = Callable[[str], None]

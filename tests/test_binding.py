@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from optimize.cli import app
 from optimize.errors import OptimizeError
 from optimize.runtime.binding import BoundInference, BoundPair
-from optimize.runtime.recognizer import OrtInference, Recognizer, cross_attention_mask
+from optimize.runtime.inference import OrtInference
+from optimize.runtime.recognizer import Recognizer, cross_attention_mask
 from optimize.runtime.search import DecodeConfig
 from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.session import OrtPair
@@ -228,3 +229,17 @@ def test_gpu_benchmark_runs_on_cpu_at_tiny_dims(varied_ckpt, pair, tmp_path, cap
         assert by_name[name, 1]["rtf"] is None and by_name[name, 1]["note"].startswith("skipped")
     assert "| ort fp32 IOBinding | 3 |" in capsys.readouterr().out
     assert bench.main(["--device", "cpu", "--fp32-pair", str(pair), "--out", str(tmp_path)]) == 1  # a pair needs its checkpoint
+
+
+def test_parity_probes_run_the_shipped_bound_path_with_the_same_numbers(pair):
+    """evaluate/parity.py decodes through the one driver: the IOBinding path gives the numpy path's numbers."""
+    from optimize.evaluate import parity
+
+    probe = parity.synthetic_probes(1, frames=(150,))[0]
+    p = OrtPair(pair, "cpu", 1, BOUND_CPU)
+    plain = parity.run_probe(p, probe, 6, True)
+    bound = parity.run_probe(p, probe, 6, True, BoundPair(p))
+    assert len(plain.tokens) == 6 and p.info.eos not in plain.tokens  # SuppressEos: a fixed number of steps
+    assert plain.tokens == bound.tokens and np.array_equal(plain.logits, bound.logits) and np.array_equal(plain.cross_k, bound.cross_k)
+    result, _ = parity.compare(p, [probe], [plain], 6, True, BoundPair(p))
+    assert result.teacher_forced_cosine > 0.999999 and result.greedy_identical == 1.0 and result.cross_kv_rel_error == 0.0

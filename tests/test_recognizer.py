@@ -110,7 +110,7 @@ def test_ort_inference_reorder_matches_replaying_the_history(tiny_pair, tiny_pai
     Uses the stock random model, whose logits depend strongly on every fed token.
     Threshold: logits within 1e-5 of the largest magnitude.
     """
-    from optimize.runtime.recognizer import OrtInference
+    from optimize.runtime.inference import OrtInference
     from optimize.runtime.session import OrtPair
 
     pair = OrtPair(tiny_pair if cache == "dynamic" else tiny_pair_v1, threads=1)

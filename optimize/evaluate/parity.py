@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimize.errors import OptimizeError
+from optimize.runtime.binding import BoundPair
+from optimize.runtime.inference import Encoded, SuppressEos, encode, from_host, open_decoder, step_one
+from optimize.runtime.search import Inference
 from optimize.runtime.session import OrtPair
 
 
@@ -40,37 +43,19 @@ class Parity:
     greedy_prefix: float  # mean fraction of the reference's tokens matched before the first difference
 
 
-def _decode(pair: OrtPair, cross_k: np.ndarray, cross_v: np.ndarray, feed: list[int] | None, steps: int, forced: bool) -> tuple[list[int], np.ndarray]:
-    """Greedy (feed None) or teacher-forced (feed = input tokens) decode of one row.
-
-    returns (tokens chosen by argmax, logits shape = (steps run, V), float32).
-    """
-    info = pair.info
+def _decoder(pair: OrtPair, bound: BoundPair | None, enc: Encoded, steps: int) -> tuple[Inference, int]:
+    """The probe's decoder (numpy or IOBinding path) and its step limit (a fixed cache caps it)."""
     cache_len = pair.fixed_cache_len or steps + 1
-    k, v = pair.empty_cache(1, cache_len), pair.empty_cache(1, cache_len)
-    token, chosen, rows = info.sos, [], []
-    n = len(feed) if feed is not None else min(steps, cache_len)
-    for offset in range(n):
-        if feed is not None:
-            token = feed[offset]
-        logits, k, v = pair.decoder_step(np.array([[token]], dtype=np.int64), k, v, cross_k, cross_v, offset)
-        row = logits[0, 0].astype(np.float32)
-        rows.append(row)
-        if forced:
-            row = row.copy()
-            row[info.eos] = -np.inf
-        token = int(np.argmax(row))
-        if token == info.eos and feed is None:
-            break
-        chosen.append(token)
-    return chosen, np.stack(rows)
+    return open_decoder(pair, bound, enc, None, cache_len), min(steps, cache_len)
 
 
-def run_probe(pair: OrtPair, feats: np.ndarray, steps: int, forced: bool) -> ProbeRun:
-    """Encode one utterance and decode it greedily. feats: shape = (T, 80), float32."""
-    x = feats[None].astype(np.float32)
-    cross_k, cross_v = pair.encode(x, np.array([len(feats)], dtype=np.int64))
-    tokens, logits = _decode(pair, cross_k, cross_v, None, steps, forced)
+def run_probe(pair: OrtPair, feats: np.ndarray, steps: int, forced: bool, bound: BoundPair | None = None) -> ProbeRun:
+    """Encode one utterance and decode it greedily (eos suppressed when `forced`). feats: shape = (T, 80), float32."""
+    info = pair.info
+    enc = encode(pair, bound, feats[None].astype(np.float32), np.array([len(feats)], dtype=np.int64))
+    model, limit = _decoder(pair, bound, enc, steps)
+    tokens, logits = step_one(model, info.sos, info.eos, limit, None, SuppressEos(info.eos) if forced else None)
+    cross_k, cross_v = enc.host()
     for name, a in (("cross K", cross_k), ("cross V", cross_v), ("logits", logits)):
         if not np.isfinite(a).all():
             raise OptimizeError(f"{name} hold NaN or inf on a {len(feats)}-frame probe", "the stage broke the numerics; inspect or skip it")
@@ -92,16 +77,17 @@ def _prefix(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     return n / max(len(b), 1) if a != b else 1.0
 
 
-def compare(pair: OrtPair, probes: list[np.ndarray], references: list[ProbeRun], steps: int, forced: bool) -> tuple[Parity, list[ProbeRun]]:
-    """Parity of `pair` against the reference runs; also returns the pair's own runs."""
+def compare(pair: OrtPair, probes: list[np.ndarray], references: list[ProbeRun], steps: int, forced: bool, bound: BoundPair | None = None) -> tuple[Parity, list[ProbeRun]]:
+    """Parity of `pair` (through `bound` when given) against the reference runs; also returns the pair's own runs."""
     runs, rel, first, forced_cos, prefix = [], [], [], [], []
-    sos = pair.info.sos
+    info = pair.info
     for feats, ref in zip(probes, references, strict=True):
-        run = run_probe(pair, feats, steps, forced)
+        run = run_probe(pair, feats, steps, forced, bound)
         runs.append(run)
         rel += [_rel_error(run.cross_k, ref.cross_k), _rel_error(run.cross_v, ref.cross_v)]
-        feed = ([sos, *ref.tokens])[: len(ref.logits)]
-        _, teacher = _decode(pair, run.cross_k, run.cross_v, feed, steps, forced)
+        feed = ([info.sos, *ref.tokens])[: len(ref.logits)]
+        model, _ = _decoder(pair, bound, from_host(bound, run.cross_k, run.cross_v), steps)
+        _, teacher = step_one(model, info.sos, info.eos, len(feed), feed)
         cos = _cosines(teacher, ref.logits)
         first.append(cos[0])
         forced_cos.append(cos.min())

@@ -163,6 +163,12 @@ class Evaluator:
 
         return OrtPair(model_dir, self.settings.provider, self.settings.threads, self.settings.options)
 
+    def _bound(self, pair):
+        """The IOBinding path when the settings decode through it (always on CUDA), as the recognizer does; else None."""
+        from optimize.runtime.binding import BoundPair
+
+        return BoundPair(pair) if self.settings.options.binds(self.settings.provider) else None
+
     def _load(self, model_dir: Path) -> dict:
         pair = self._pair(model_dir)
         rng, out = np.random.default_rng(0), []
@@ -195,7 +201,8 @@ class Evaluator:
         k = str(Path(model_dir).resolve())
         if k not in self.probe_runs:
             pair, cfg = self._pair(model_dir), self.settings.evaluation
-            self.probe_runs[k] = [parity.run_probe(pair, p, cfg.probe_steps, self._forced) for p in self.data.probes]
+            bound = self._bound(pair)
+            self.probe_runs[k] = [parity.run_probe(pair, p, cfg.probe_steps, self._forced, bound) for p in self.data.probes]
         return self.probe_runs[k]
 
     @property
@@ -209,7 +216,7 @@ class Evaluator:
         out = {}
         for label, ref_dir in (("vs_baseline", self.baseline_dir), ("vs_input", input_dir)):
             if ref_dir is not None:
-                result, runs = parity.compare(pair, list(self.data.probes), self.reference_runs(ref_dir), steps, self._forced)
+                result, runs = parity.compare(pair, list(self.data.probes), self.reference_runs(ref_dir), steps, self._forced, self._bound(pair))
                 out[label] = dataclasses.asdict(result)
         self.probe_runs[str(model_dir.resolve())] = runs
         metrics: dict = {"parity": out}
@@ -259,7 +266,8 @@ class Evaluator:
     def _probe_rtf(self, model_dir: Path, progress: Progress) -> dict:
         pair, cfg = self._pair(model_dir), self.settings.evaluation
         probes = list(self.data.probes)
-        fn = lambda p: parity.run_probe(pair, p, cfg.probe_steps, True)  # noqa: E731
+        bound = self._bound(pair)
+        fn = lambda p: parity.run_probe(pair, p, cfg.probe_steps, True, bound)  # noqa: E731
         with progress(f"time {model_dir.name}", len(probes)) as bar:
             _, timing = rtf.measure(fn, probes, [len(p) * SECONDS_PER_FRAME for p in probes], probes[: cfg.warmup], self.settings.timed(), bar.update)
         return {"error_rate": None, "rtf": dataclasses.asdict(timing)}

@@ -1,6 +1,6 @@
 """IOBinding inference: the encoder's cross K/V and the self-caches stay on the device for a whole batch.
 
-What the plain path (optimize.runtime.recognizer.OrtInference) copies through host
+What the plain path (optimize.runtime.inference.OrtInference) copies through host
 numpy arrays on every step, this path keeps as OrtValues on the provider's device:
 - the encoder's cross K/V are bound to device memory once per batch;
 - each decoder step binds the previous step's output caches as its input caches;

@@ -11,8 +11,9 @@ from optimize import contract
 from optimize.errors import OptimizeError
 from optimize.runtime import ctc
 from optimize.runtime.audio import MAX_FRAMES, check_length, load_audio
-from optimize.runtime.binding import BoundInference, BoundPair
+from optimize.runtime.binding import BoundPair
 from optimize.runtime.features import NUM_MEL_BINS, SAMPLE_RATE, apply_cmvn, fbank
+from optimize.runtime.inference import encode, open_decoder
 from optimize.runtime.search import DecodeConfig, Inference, search
 from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.session import OrtPair
@@ -30,68 +31,6 @@ class Hypothesis:
     # (start, end) seconds per token from the CTC alignment (Recognizer(timestamps=True)); None
     # when not asked, or when the tokens cannot be aligned (FireRedASR2 gives none then either)
     times: tuple[tuple[float, float], ...] | None = None
-
-
-class OrtInference:
-    """The search's Inference protocol over an OrtPair, bound to one encoded batch.
-
-    cross_k, cross_v: shape = (L, N, T', D), float32, from OrtPair.encode.
-    cross_mask: shape = (N, 1, 1, T'), float32 additive mask, or None when all rows are valid.
-    cache_len: self-cache length S (the fixed dim of a v1 pair, else max steps + 1).
-    """
-
-    def __init__(self, pair: OrtPair, cross_k: np.ndarray, cross_v: np.ndarray, cross_mask: np.ndarray | None, cache_len: int):
-        self.pair = pair
-        self._enc = (cross_k, cross_v, cross_mask)
-        self.cache_len = cache_len
-
-    def start(self, beam: int) -> None:
-        # Row n * beam + b holds beam b of utterance n, as torch's repeat(1, B, 1, 1).view(N * B, ...).
-        cross_k, cross_v, mask = self._enc
-        self._cross_k = np.repeat(cross_k, beam, axis=1) if beam > 1 else cross_k
-        self._cross_v = np.repeat(cross_v, beam, axis=1) if beam > 1 else cross_v
-        self._mask = None if mask is None else np.repeat(mask, beam, axis=0)
-        rows = self._cross_k.shape[1]
-        self._k = self.pair.empty_cache(rows, self.cache_len)
-        self._v = self.pair.empty_cache(rows, self.cache_len)
-        self._filled = 0
-
-    def step(self, tokens: np.ndarray, offset: int) -> np.ndarray:
-        """tokens: shape = (rows,), int64 -> logits, shape = (rows, V), float32."""
-        if self.pair.max_decoder_rows is not None and len(tokens) > self.pair.max_decoder_rows:
-            logits = self._step_rows_singly(tokens, offset)
-        else:
-            logits, self._k, self._v = self.pair.decoder_step(
-                tokens.reshape(-1, 1), self._k, self._v, self._cross_k, self._cross_v, offset, self._mask
-            )
-        self._filled = offset + 1
-        return logits[:, 0, :]
-
-    def _step_rows_singly(self, tokens: np.ndarray, offset: int) -> np.ndarray:
-        # Published v1 decoders fix the batch dim at 1: run beam rows one by one.
-        outs = [
-            self.pair.decoder_step(
-                tokens[r : r + 1].reshape(1, 1),
-                self._k[:, r : r + 1],
-                self._v[:, r : r + 1],
-                self._cross_k[:, r : r + 1],
-                self._cross_v[:, r : r + 1],
-                offset,
-                None if self._mask is None else self._mask[r : r + 1],
-            )
-            for r in range(len(tokens))
-        ]
-        self._k = np.concatenate([o[1] for o in outs], axis=1)
-        self._v = np.concatenate([o[2] for o in outs], axis=1)
-        return np.concatenate([o[0] for o in outs], axis=0)
-
-    def reorder(self, rows: np.ndarray) -> None:
-        if np.array_equal(rows, np.arange(len(rows))):
-            return
-        # Only positions < _filled are ever read, so copy just that prefix (the rest may be S long).
-        n = self._filled
-        self._k[:, :, :n] = self._k[:, rows, :n]
-        self._v[:, :, :n] = self._v[:, rows, :n]
 
 
 def cross_attention_mask(frames: np.ndarray, enc_len: int) -> np.ndarray:
@@ -210,24 +149,10 @@ class Recognizer:
     def _encode(self, x: np.ndarray, frames: np.ndarray, max_len: int) -> tuple[Inference, int, np.ndarray | None]:
         """Run the encoder on x, shape = (N, T, 80); return the decoder bound to its output, the step
         limit, and with timestamps the CTC log-probs, shape = (N, T', V), float32 (else None)."""
-        log_probs = None
-        if self.bound is None:
-            if self.timestamps:
-                cross_k, cross_v, log_probs = self.pair.encode_with_ctc(x, frames)
-            else:
-                cross_k, cross_v = self.pair.encode(x, frames)
-            enc_len = cross_k.shape[2]
-        else:
-            if self.timestamps:
-                cross_k, cross_v, log_probs = self.bound.encode_with_ctc(x, frames)
-            else:
-                cross_k, cross_v = self.bound.encode(x, frames)
-            enc_len = cross_k.shape()[2]
-        mask = cross_attention_mask(frames, enc_len) if len(set(frames.tolist())) > 1 else None
-        maxlen = max_len or enc_len
+        enc = encode(self.pair, self.bound, x, frames, self.timestamps)
+        mask = cross_attention_mask(frames, enc.length) if len(set(frames.tolist())) > 1 else None
+        maxlen = max_len or enc.length
         fixed = self.pair.fixed_cache_len
         if fixed is not None:
             maxlen = min(maxlen, fixed)  # a fixed cache holds at most `fixed` positions
-        if self.bound is None:
-            return OrtInference(self.pair, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen, log_probs
-        return BoundInference(self.bound, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen, log_probs
+        return open_decoder(self.pair, self.bound, enc, mask, fixed or maxlen + 1), maxlen, enc.ctc_log_probs
