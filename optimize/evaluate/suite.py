@@ -28,7 +28,7 @@ from optimize.evaluate import parity, rtf
 from optimize.evaluate.metrics import Metrics
 from optimize.recipe import EvaluationConfig
 from optimize.runtime.audio import encoder_length
-from optimize.runtime.executor import ExecutorError, spread
+from optimize.runtime.executor import ExecutorError, quiet, spread
 from optimize.runtime.features import SAMPLE_RATE
 from optimize.runtime.search import DecodeConfig
 from optimize.runtime.providers import ProviderOptions
@@ -42,22 +42,6 @@ SECONDS_PER_FRAME = 0.01  # fbank frame shift: synthetic probes count 10 ms of "
 ORT_RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException, ort_state.NotImplemented, ort_state.EPFail)
 
 Progress = Callable[[str, int], ContextManager]  # (description, total) -> context with .update(n)
-
-
-def quiet(desc: str, total: int) -> ContextManager:
-    """A progress bar that shows nothing."""
-
-    class _Bar:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def update(self, n: int = 1) -> None:
-            pass
-
-    return _Bar()
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def _decode_local(decoder: Decoder, work: Work, warmup: int, timed: str, progres
     recognizer = decoder.recognizer()
     picks = [work.batches[i] for i in spread(len(work.batches), warmup)]
     run = lambda batch: recognizer.recognize_features(_features(recognizer, batch))  # noqa: E731
-    with (progress or _silent)(f"decode {Path(decoder.model_dir).name}", len(work.batches)) as bar:
+    with (progress or quiet)(f"decode {Path(decoder.model_dir).name}", len(work.batches)) as bar:
         hyps, timing = rtf.measure(run, work.batches, work.seconds, picks, timed, bar.update)
     return Decoded(hyps, timing, recognizer.bound is not None, _throughput("local", 1, 1, work, start))
 
@@ -316,7 +316,7 @@ def _decode_ray(decoder: Decoder, work: Work, warmup: int, timed: str, workers: 
                                 "pass fewer --workers (or --threads), or add nodes")  # fmt: skip
         actors = _start_workers(ray, decoder, count, cpus_each, warmup, timed)
         plan = shards(work.seconds, shard_count(work.seconds, count))
-        results = _run_shards(ray, actors, work, plan, progress or _silent, Path(decoder.model_dir).name)
+        results = _run_shards(ray, actors, work, plan, progress or quiet, Path(decoder.model_dir).name)
     finally:
         for a in actors:
             ray.kill(a)
@@ -344,7 +344,8 @@ class _NoBar:
         pass
 
 
-def _silent(desc: str, total: int) -> ContextManager:
+def quiet(desc: str, total: int) -> ContextManager:
+    """A progress bar that shows nothing (the Progress default here and in evaluate/suite.py)."""
     return _NoBar()
 
 
