@@ -6,7 +6,7 @@ read half the bytes of int8. With accuracy_level 4 the CPU kernel quantizes the
 activations to int8 per block and uses integer dot products. Measured on M = 1 at
 decoder shapes (1280 x 5120, 16 MatMuls, 2 threads, Xeon with AVX-512 VNNI): 13.3 ms
 vs 32.3 ms for dynamic int8 (DynamicQuantizeMatMul); at M = 16 it is the slower one
-(49.9 vs 40.6 ms), which is why the encoder stays dynamic or static int8.
+(49.9 vs 40.6 ms), which is why the encoder stays dynamic or static int8 (BENCHMARKS.md 9.2).
 
 Symmetric by default because of onnxruntime #29853: on AVX2 CPUs without AVX-512, the
 M = 1 kernel with zero points is about 46% off. The stage checks the host's M = 1 kernel
