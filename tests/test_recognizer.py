@@ -18,7 +18,7 @@ from optimize import contract
 from optimize.cli import app
 from optimize.errors import OptimizeError
 from optimize.runtime.features import apply_cmvn, cmvn_from_stats, fbank
-from optimize.runtime.recognizer import Recognizer, cross_attention_mask
+from optimize.runtime.recognizer import FrontEnd, Recognizer, cross_attention_mask
 from optimize.runtime.search import DecodeConfig
 from optimize.runtime.tokens import TokenTable
 
@@ -94,6 +94,8 @@ def test_features_use_the_metadata_cmvn(pair, varied_ckpt):
     samples = np.random.default_rng(1).normal(0, 3000, 8000).astype(np.float32)
     mean, inv_std = cmvn_from_stats(read_kaldi_cmvn(varied_ckpt / "cmvn.ark"))
     assert np.array_equal(Recognizer(pair).features(samples), apply_cmvn(fbank(samples), mean, inv_std))
+    # the evaluation's front end reads the same CMVN from the metadata without opening a session
+    assert np.array_equal(FrontEnd.of(pair).features(samples), apply_cmvn(fbank(samples), mean, inv_std))
 
 
 def test_recognize_features_rejects_bad_shapes(pair):

@@ -84,12 +84,12 @@ def load_data(model_dir: Path, data: Path | None, settings: EvalSettings, progre
         return EvalData((), (), (), (), probes, hashlib.sha256(b"".join(p.tobytes() for p in probes)).hexdigest())
     from optimize.corpus.manifest import read_manifest
     from optimize.runtime.audio import load_audio
-    from optimize.runtime.recognizer import Recognizer
+    from optimize.runtime.recognizer import FrontEnd
 
     utterances = read_manifest(data)
     if not utterances:
         raise OptimizeError(f"eval manifest {data} lists no utterance", "point --data at a non-empty manifest")
-    front_end = Recognizer(model_dir, settings.decode, "cpu", settings.threads)
+    front_end = FrontEnd.of(model_dir)  # the CMVN only: no sessions in the parent (GBs at AED-L size)
     h, feats, seconds = hashlib.sha256(), [], []
     with progress("features", len(utterances)) as bar:
         for u in utterances:

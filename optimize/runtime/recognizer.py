@@ -33,6 +33,28 @@ class Hypothesis:
     times: tuple[tuple[float, float], ...] | None = None
 
 
+@dataclass(frozen=True)
+class FrontEnd:
+    """fbank + CMVN with a pair's statistics: what its encoder expects as `x`."""
+
+    cmvn_mean: np.ndarray  # shape = (80,), float32, from the encoder metadata
+    cmvn_inv_stddev: np.ndarray  # shape = (80,), float32
+
+    @classmethod
+    def of(cls, model_dir: str | Path) -> FrontEnd:
+        """The front end of the pair in `model_dir`, from its encoder metadata alone (no session is opened)."""
+        from optimize import graph
+
+        enc, _, _ = contract.model_paths(Path(model_dir))
+        meta = contract.parse_metadata(dict(graph.metadata(graph.load(enc, load_external=False))), str(enc))
+        return cls(np.asarray(meta["cmvn_mean"]), np.asarray(meta["cmvn_inv_stddev"]))
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """samples: shape = (num_samples,), 16 kHz, int16 scale -> shape = (T, 80), float32, CMVN-normalized."""
+        check_length(len(samples), "input")
+        return apply_cmvn(fbank(samples), self.cmvn_mean, self.cmvn_inv_stddev)
+
+
 def cross_attention_mask(frames: np.ndarray, enc_len: int) -> np.ndarray:
     """Additive mask for the decoder's cross attention.
 
@@ -75,7 +97,7 @@ class Recognizer:
                 f"{model_dir}: tokens.txt has {len(self.tokens)} symbols, the model {info.vocab_size}",
                 "use the tokens.txt exported with this model",
             )
-        self._cmvn = (np.asarray(info.cmvn_mean), np.asarray(info.cmvn_inv_stddev))
+        self.front_end = FrontEnd(np.asarray(info.cmvn_mean), np.asarray(info.cmvn_inv_stddev))
         if decode.batch_size > 1 and not (self.pair.has_cross_mask and self.pair.max_encoder_rows is None):
             raise OptimizeError(
                 f"batch_size {decode.batch_size} needs a pair with a batch dim and a {contract.CROSS_MASK} input; {model_dir} has not",
@@ -84,8 +106,7 @@ class Recognizer:
 
     def features(self, samples: np.ndarray) -> np.ndarray:
         """samples: shape = (num_samples,), 16 kHz, int16 scale -> shape = (T, 80), float32, CMVN-normalized."""
-        check_length(len(samples), "input")
-        return apply_cmvn(fbank(samples), *self._cmvn)
+        return self.front_end.features(samples)
 
     def transcribe(self, paths: list[str | Path]) -> list[Hypothesis]:
         """Recognize audio files; results in input order.
