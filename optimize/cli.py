@@ -237,6 +237,40 @@ def eval_(
     typer.echo(f"size {m['size_mb']:.2f} MB; ops {m['op_stats']}")
 
 
+@app.command()
+@_user_errors
+def bench(
+    pairs: list[Path] = typer.Argument(..., help="pair directories to time side by side in this run"),
+    frames: Optional[int] = typer.Option(None, "--frames", help="input length in 10 ms fbank frames [default: BenchConfig]"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="decoder steps per run, eos suppressed [default: BenchConfig]"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="utterances per run [default: BenchConfig]"),
+    beam: Optional[int] = typer.Option(None, "--beam", help="decoder rows per utterance [default: BenchConfig]"),
+    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda [default: BenchConfig]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [default: BenchConfig]"),
+    io_binding: bool = typer.Option(False, "--io-binding", help="decode through IOBinding on the CPU provider too (CUDA always does)"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="timed runs, medians reported [default: BenchConfig]"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the results, the settings and the CPU model here"),
+):
+    """Time each pair's encoder and decoder steps at one shape through the recognizer's own decode path."""
+    import dataclasses
+    import json
+    import platform
+
+    from optimize.evaluate.bench import BenchConfig, bench as run_bench
+
+    _quiet_onnxruntime()
+    cfg = _replace(BenchConfig(), frames=frames, steps=steps, batch=batch, beam=beam, provider=provider, threads=threads,
+                   io_binding=io_binding or None, repeats=repeats)  # fmt: skip
+    results = [run_bench(p, cfg) for p in pairs]
+    typer.echo(f"{'pair':>40}  {'encoder ms':>10}  {'ms/step':>8}  {'total ms':>9}  {'RTF':>7}  rows  steps  io_binding")
+    for r in results:
+        typer.echo(f"{r.pair:>40}  {r.encoder_ms:10.2f}  {r.decoder_ms_per_step:8.3f}  {r.total_ms:9.2f}  {r.rtf:7.4f}  {r.rows:>4}  {r.steps:>5}  {r.io_binding}")
+    if json_path:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+        record = {"settings": dataclasses.asdict(cfg), "cpu": cpu, "results": [dataclasses.asdict(r) for r in results]}
+        json_path.write_text(json.dumps(record, indent=2))
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

@@ -162,3 +162,17 @@ class OrtInference:
         n = self._filled
         self._k[:, :, :n] = self._k[:, rows, :n]
         self._v[:, :, :n] = self._v[:, rows, :n]
+
+
+def forced_steps(model: Inference, n: int, beam: int, sos: int, steps: int, logit_filter: LogitFilter | None = None) -> np.ndarray:
+    """`steps` decoder steps of n x beam rows, each row fed its own argmax (a fixed-length decode for timing).
+
+    No beam pruning or reordering: what runs is the decoder, the same number of rows and steps a
+    beam search of that width runs. returns the last tokens, shape = (n * beam,), int64.
+    """
+    model.start(beam)
+    tokens = np.full(n * beam, sos, dtype=np.int64)
+    for offset in range(steps):
+        logits = model.step(tokens, offset)
+        tokens = np.argmax(logits if logit_filter is None else logit_filter.apply(logits), axis=1).astype(np.int64)
+    return tokens
