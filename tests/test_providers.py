@@ -44,3 +44,11 @@ def test_cuda_library_problem_names_what_does_not_load(tmp_path, monkeypatch):
     monkeypatch.setattr(providers.ort, "__file__", str(tmp_path / "onnxruntime" / "__init__.py"))
     problem = providers._cuda_library_problem()
     assert problem is not None and "libonnxruntime_providers_cuda.so" in problem and "\n" not in problem
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_intra_op_spinning_reaches_the_session(spinning):
+    """ProviderOptions.intra_op_spinning sets ORT's allow_spinning; off by default (BENCHMARKS.md 9.4)."""
+    assert ProviderOptions().intra_op_spinning is False
+    opts = providers._session_options(2, spinning)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning else "0")

@@ -56,6 +56,11 @@ class ProviderOptions:
     # keep cross K/V and the self-caches as OrtValues on the device (IOBinding) on the CPU provider
     # too; the CUDA provider always does (optimize.runtime.binding)
     io_binding: bool = False
+    # let ORT's intra-op threads spin between ops (ORT's default). Off: on a machine whose cores
+    # other processes also use, our AED-L-width encoder ran 2.0x (onnxruntime 1.28) and 3.3x
+    # (1.32) faster without spinning, in one run each (BENCHMARKS.md 9.4); the encoder's and
+    # decoder's pools also stop spinning against each other. Unmeasured on an idle machine.
+    intra_op_spinning: bool = False
 
     def __post_init__(self):
         bad = {
@@ -89,10 +94,11 @@ class ProviderOptions:
         return opts
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def _session_options(threads: int, spinning: bool) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads  # 0 = ORT's default (one per physical core)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     # Errors only: ORT warns on every load that cross_attn_mask is an overridable initializer, by design.
     opts.log_severity_level = 3
     return opts
@@ -125,7 +131,7 @@ def load_session(path: Path | str | bytes, provider: str, threads: int, options:
     try:
         # enable_fallback=0: ORT would otherwise print "EP Error" and quietly rebuild the session,
         # or re-run a failed step, on the CPU; a CUDA run must fail loudly instead
-        sess = ort.InferenceSession(source, _session_options(threads), providers=chosen, enable_fallback=0)
+        sess = ort.InferenceSession(source, _session_options(threads, options.intra_op_spinning), providers=chosen, enable_fallback=0)
     except ORT_ERRORS + (RuntimeError, ValueError) as e:
         reason = " ".join(str(e).split())
         if provider == "cuda" and "cuda" in reason.lower():
