@@ -124,6 +124,8 @@ def _transcribe_distributed(model_dir, audio, decode, provider, threads, options
     """transcribe --executor ray: shards on the cluster's workers, each with the same Recognizer settings."""
     from optimize.runtime import executor as ex
 
+    if executor not in ex.EXECUTORS:
+        raise OptimizeError(f"--executor {executor!r} is not known", f"use one of {', '.join(ex.EXECUTORS)}")
     if executor != "ray":
         raise OptimizeError(f"--workers/--ray-address with --executor {executor}", "add --executor ray")
     # one ORT thread per worker unless asked: a worker per CPU is how the executor scales

@@ -142,7 +142,9 @@ def test_run_report_is_the_same_on_ray(ray_cluster, tmp_path, eval_data):
                              | ({"workers": 1} if kind == "ray" else {}))  # fmt: skip
         result = cli("run", recipe, isolate=kind == "ray")  # ray: each evaluation's own process joins the run's cluster
         assert result.exit_code == 0, result.stderr
-        rows[kind] = json.loads((tmp_path / kind / "report.json").read_text())["stages"]
+        report = json.loads((tmp_path / kind / "report.json").read_text())
+        assert ("per worker" in report["rtf_timed"]) == (kind == "ray")  # the report says whose clock its RTF is
+        rows[kind] = report["stages"]
     same = ("name", "error_rate", "delta_error_rate", "error_rate_vs_baseline", "token_agreement", "passed", "failures", "size_mb", "op_stats")
     assert [{k: r[k] for k in same} for r in rows["ray"]] == [{k: r[k] for k in same} for r in rows["local"]]
     for kind in ("local", "ray"):

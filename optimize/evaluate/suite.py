@@ -28,7 +28,7 @@ from optimize.evaluate import parity, rtf
 from optimize.evaluate.metrics import Metrics
 from optimize.recipe import EvaluationConfig
 from optimize.runtime.audio import encoder_length
-from optimize.runtime.executor import ExecutorError, quiet, spread
+from optimize.runtime.executor import RAY_TIMED, ExecutorError, quiet, spread
 from optimize.runtime.features import SAMPLE_RATE
 from optimize.runtime.search import DecodeConfig
 from optimize.runtime.providers import ProviderOptions
@@ -59,8 +59,9 @@ class EvalSettings:
             return (f"encoder + {self.evaluation.probe_steps} forced greedy decoder steps per synthetic or eval probe, "
                     f"batch 1, {self.provider}, {self.threads} thread(s); audio seconds = frames x 10 ms")  # fmt: skip
         binding = " with IOBinding" if self.options.binds(self.provider) else ""
+        where = f"; {RAY_TIMED}" if self.evaluation.executor == "ray" else ""
         return (f"encoder + {search} search from CMVN-normalized fbank, batch {self.decode.batch_size}, {self.provider}{binding}, "
-                f"{self.threads} thread(s); excludes audio loading, fbank+CMVN and session creation")  # fmt: skip
+                f"{self.threads} thread(s); excludes audio loading, fbank+CMVN and session creation{where}")  # fmt: skip
 
 
 @dataclass(frozen=True)

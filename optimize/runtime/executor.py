@@ -4,8 +4,8 @@ Both executors take the same work, batches of utterances formed by the caller, a
 return the same hypotheses: a batch is decoded whole by one Recognizer built with the
 same pair and settings, so its padding and results do not depend on where it ran.
 
-The Ray executor starts `workers` actors (Ray's actor API; see BENCHMARKS.md section 6
-for why not Ray Data's `map_batches` on a 2-core machine). Each actor loads the pair once from
+The Ray executor starts `workers` actors (Ray's actor API; BENCHMARKS.md section 8 measures
+why not Ray Data's `map_batches`). Each actor loads the pair once from
 a path every node can read, then decodes shards: runs of batches grouped so that every
 shard holds about the same audio duration. The driver hands a worker its next shard
 when one comes back, so fast and slow nodes even out. A worker process that dies is
@@ -39,6 +39,7 @@ CONNECT_TIMEOUT_S = 5.0  # ray.init() on an unreachable address retries for minu
 SHARD_AUDIO_S = 300.0  # at most this much audio per shard: bounds what one task ships and redoes on retry
 SHARDS_PER_WORKER = 4  # at least this many shards per worker, so uneven nodes even out
 ATTEMPTS = 2  # a shard that fails this many times fails the run
+RAY_TIMED = "each ray worker's own wall and CPU clocks over its batches, summed (per worker, not the run's wall clock)"
 # A local cluster started for one run: no dashboard, a small object store (shards are a
 # few MB of features or a list of paths), its logs kept out of the terminal.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
@@ -56,10 +57,10 @@ class Decoder:
     """What every worker builds: the same Recognizer a local run builds."""
 
     model_dir: Path  # the pair; workers read it from this path
-    decode: DecodeConfig
-    provider: str
-    threads: int
-    options: ProviderOptions = ProviderOptions()
+    decode: DecodeConfig  # search settings
+    provider: str  # execution provider
+    threads: int  # ORT intra-op threads per worker; a ray worker reserves max(threads, 1) CPUs
+    options: ProviderOptions = ProviderOptions()  # CUDA options, io_binding
 
     def recognizer(self):
         from optimize.runtime.recognizer import Recognizer
@@ -74,7 +75,7 @@ class Work:
 
     batches: tuple[tuple, ...]  # items per batch, decoded together
     names: tuple[tuple[str, ...], ...]  # a name per item (audio path), for errors
-    seconds: tuple[float, ...]  # audio seconds per batch (estimated for paths: see transcribe_work)
+    seconds: tuple[float, ...]  # audio seconds per batch (for paths: from the file headers)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def transcribe_work(paths: Sequence[str | Path], batch_size: int) -> tuple[Work,
 def transcribe(decoder: Decoder, paths: Sequence[str | Path], workers: int = 0, address: str | None = None, progress: Progress | None = None) -> list:
     """Hypotheses for audio files on the ray executor, in input order (the local path is `Recognizer.transcribe`)."""
     work, order = transcribe_work(paths, decoder.decode.batch_size)
-    out = decode(decoder, work, 0, "transcription", "ray", workers, address, progress)
+    out = decode(decoder, work, 0, RAY_TIMED, "ray", workers, address, progress)
     hyps: list = [None] * len(paths)
     for i, h in zip(order, (h for batch in out.hyps for h in batch)):
         hyps[i] = h
@@ -327,7 +328,7 @@ def _decode_ray(decoder: Decoder, work: Work, warmup: int, timed: str, workers: 
     for shard, out in zip(plan, results):
         for b, h, s in zip(shard, out["hyps"], out["spent"]):
             hyps[b], spent[b] = h, s
-    label = f"{timed}; ray executor, {count} worker(s): RTF sums each worker's own clock over its batches (per worker, not the run's wall clock)"
+    label = f"{timed} ({count} ray workers)"  # the caller's words say what the clock covers (EvalSettings.timed)
     timing = rtf.summarize(spent, work.seconds, sum(r["cpu"] for r in results), count * warmup, label)
     nodes = sorted({r["node"] for r in results})
     return Decoded(hyps, timing, all(r["io_binding"] for r in results), _throughput("ray", count, len(plan), work, start) | {"nodes": nodes})
