@@ -237,15 +237,15 @@ def connect(address: str | None, cpus: int | None) -> tuple[object, bool]:
         _probe(address)
     if ray.is_initialized():  # this process already joined a cluster (a run's, or the caller's own)
         return ray, False
-    quiet = dict(log_to_driver=False, configure_logging=False, logging_level="error")
+    no_logs = dict(log_to_driver=False, configure_logging=False, logging_level="error")
     if address:
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, **no_logs)
         except ConnectionError as e:
             raise ExecutorError(f"cannot join the ray cluster at {address}: {' '.join(str(e).split())[:300]}",
                                 f"start one with `ray start --head`, or drop --ray-address/{ADDRESS_ENV} to use a local cluster") from e  # fmt: skip
         return ray, True
-    ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+    ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **no_logs)
     return ray, True
 
 
