@@ -110,6 +110,18 @@ def test_random_checkpoint_is_official_and_never_emits_eos(make_aed_l, tmp_path)
     assert make_aed_l.parameter_count(tmp_path / "ckpt")["total"] == sum(p.numel() for p in off.parameters())
 
 
+def test_release_2_checkpoint_loads_in_fireredasr2_and_counts_the_ctc_head(make_aed_l, tmp_path):
+    from official_v2 import official_model_v2
+
+    args = make_aed_l.parse_args([str(tmp_path), *TINY_ARGS, "--release", "2", "--with-ctc"])
+    make_aed_l.make_checkpoint(tmp_path / "ckpt", make_aed_l.dims_of(args), seed=3, release=args.release)
+    off = official_model_v2(tmp_path / "ckpt")  # strict load with fireredasr2's own classes, CTC head included
+    count = make_aed_l.parameter_count(tmp_path / "ckpt")
+    assert count["ctc"] == sum(p.numel() for p in off.ctc.parameters())
+    assert count["total"] == sum(p.numel() for p in off.parameters())
+    assert args.with_ctc
+
+
 @pytest.fixture(scope="module", params=["int8 external", "int8 inline"])
 def external_pairs(request, tiny_ckpt, tmp_path_factory, make_aed_l):
     """fp32 pair exported through the > 2 GB branch (forced), and its int8 version.
