@@ -14,23 +14,51 @@ from typing import List, Optional
 
 import typer
 
-from optimize.errors import OptimizeError
+from optimize import __version__
+from optimize.errors import GateFailure, OptimizeError
+from optimize.runtime.search import DecodeConfig
+from optimize.runtime.vad import VadConfig
 
-app = typer.Typer(pretty_exceptions_show_locals=False, no_args_is_help=True, add_completion=False)
+# rich_markup_mode=None: plain help, so "[default: 3]" is shown instead of eaten as a rich tag and
+# flags are not labelled <bool>
+app = typer.Typer(pretty_exceptions_show_locals=False, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+_verbosity = NORMAL  # set once per invocation by the root callback (-q / -v)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"optimize {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
-def _root() -> None:
-    """Export FireRedASR AED to split ONNX, optimize it for ONNX Runtime, and prove accuracy held."""
+def _root(
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="print only results and errors: no progress, notes or summary"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="also show onnxruntime warnings"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Export FireRedASR AED to split ONNX, optimize it for ONNX Runtime, and prove accuracy held.
+
+    Exit status: 0 success, 1 a check or gate failed (the model regressed), 2 usage or input error.
+    """
+    global _verbosity
+    if quiet and verbose:
+        raise typer.BadParameter("-q and -v contradict each other; pass one")
+    _verbosity = QUIET if quiet else VERBOSE if verbose else NORMAL
 
 
 def _user_errors(fn):
-    """Turn OptimizeError into `error: message (fix)` and exit 2."""
+    """Print OptimizeError as `error: message (fix)`; exit 1 for a failed check or gate, else 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except GateFailure as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1)
         except OptimizeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
@@ -44,7 +72,7 @@ def _user_errors(fn):
 @app.command()
 @_user_errors
 def export(
-    ckpt_dir: Path = typer.Argument(..., help="official checkpoint dir: model.pth.tar, cmvn.ark, dict.txt"),
+    ckpt_dir: Path = typer.Argument(..., help="official checkpoint dir: model.pth.tar, cmvn.ark, dict.txt", metavar="CKPT_DIR"),
     output: Path = typer.Option(..., "-o", "--output", help="directory for encoder.onnx, decoder.onnx, tokens.txt"),
     fixed_cache_len: Optional[int] = typer.Option(
         None, "--fixed-cache-len", help="export the published v1 layout with this fixed self-cache length (1024)"
@@ -73,16 +101,24 @@ _WORKERS_HELP = "executor ray: decoding workers of --threads CPUs each [default:
 _ADDRESS_HELP = "executor ray: the cluster to join, HOST:PORT or ray://HOST:10001 [default: $RAY_ADDRESS, else a local cluster]"
 
 
+FORMATS = ("text", "tsv", "json", "jsonl")
+_DECODE, _VAD = DecodeConfig(), VadConfig()
+CHUNK = 64  # inputs decoded (and printed) together: bounds memory on long lists
+
+
 @app.command()
 @_user_errors
 def transcribe(
-    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt"),
-    audio: List[Path] = typer.Argument(..., help="wav/flac/ogg files; other sample rates are resampled to 16 kHz"),
-    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="beam width, 1 = greedy (default: DecodeConfig.beam_size)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="utterances per encoder/decoder run (default: DecodeConfig.batch_size)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads, 0 = ORT's choice (default: Recognizer)"),
-    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda (default: Recognizer)"),
-    device_id: Optional[int] = typer.Option(None, "--device-id", help="CUDA device ordinal (default: ProviderOptions)"),
+    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt", metavar="MODEL_DIR"),
+    inputs: List[str] = typer.Argument(..., help="audio files, directories, manifest.jsonl, wav.scp, or - (paths on stdin)", metavar="INPUT"),
+    output_format: str = typer.Option("tsv", "-f", "--format", help=f"{'|'.join(FORMATS)}: text per line; id<TAB>text; one JSON document; one JSON object per line (ids, tokens, scores, segment times, durations)"),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help=f"beam width, 1 = greedy [default: {_DECODE.beam_size}]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"utterances or segments per encoder/decoder run [default: {_DECODE.batch_size}]"),
+    vad_above: Optional[float] = typer.Option(None, "--vad-above", help=f"cut recordings longer than this many seconds into speech segments with Silero VAD; 0 = cut every input [default: {_VAD.above:g}]"),
+    max_segment: Optional[float] = typer.Option(None, "--max-segment", help=f"longest VAD segment in seconds, at most 60 [default: {_VAD.max_segment:g}]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads, 0 = ORT's choice [default: 0]"),
+    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda [default: cpu]"),
+    device_id: Optional[int] = typer.Option(None, "--device-id", help="CUDA device ordinal [default: 0]"),
     io_binding: bool = typer.Option(False, "--io-binding", help="keep cross K/V and caches as OrtValues on the CPU provider too (always on cuda)"),
     executor: str = typer.Option("local", "--executor", help="local (this process) or ray (sharded over a Ray cluster's workers, 1 thread each unless --threads)"),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
@@ -91,33 +127,62 @@ def transcribe(
         False, "--timestamps", help="per-token start/end seconds by CTC forced alignment (a pair exported with --with-ctc); adds a JSON field"
     ),
 ):
-    """Transcribe audio files with an ONNX pair; prints `path<TAB>text` per file.
+    """Transcribe audio with an ONNX pair; a summary (audio seconds, wall time, RTF) goes to stderr.
 
-    With --timestamps a third field follows: JSON [[token, start, end], ...] in seconds.
+    Recordings longer than --vad-above seconds are cut by Silero VAD into segments of at most
+    --max-segment seconds, decoded as batches, each with its start and end time (json, jsonl).
+    With --timestamps each segment gets token times from the recording's start, and a tsv line a
+    third field: JSON [[token, start, end], ...] in seconds.
     """
-    from optimize.runtime.recognizer import Recognizer
-    from optimize.runtime.search import DecodeConfig
-    from optimize.runtime.providers import ProviderOptions
+    import time
 
+    from optimize.runtime import inputs as audio_inputs
+    from optimize.runtime.providers import ProviderOptions
+    from optimize.runtime.recognizer import Recognizer
+
+    if output_format not in FORMATS:
+        raise OptimizeError(f"--format {output_format!r}", f"use one of {', '.join(FORMATS)}")
     _quiet_onnxruntime()
+    items = audio_inputs.resolve(inputs, sys.stdin if "-" in inputs else None)
     decode = _replace(DecodeConfig(), beam_size=beam_size, batch_size=batch_size)
+    vad = _replace(VadConfig(), above=vad_above, max_segment=max_segment)
     options = _replace(ProviderOptions(), device_id=device_id, io_binding=io_binding or None)
     if timestamps and (executor != "local" or workers is not None or ray_address is not None):
         raise OptimizeError("--timestamps with --executor ray", "use --executor local for timestamps")
+    started, audio_s, results = time.perf_counter(), 0.0, []
     if executor != "local" or workers is not None or ray_address is not None:
-        hyps = _transcribe_distributed(model_dir, audio, decode, provider, threads, options, executor, workers, ray_address)
+        paths = [i.audio for i in items]
+        hyps = _transcribe_distributed(model_dir, paths, decode, provider, threads, options, executor, workers, ray_address)
+        transcripts = [_whole(p, h) for p, h in zip(paths, hyps)]
+        for item, transcript in zip(items, transcripts):
+            audio_s += transcript.duration
+            results.append(_emit(_transcript_record(item, transcript, None), output_format))
     else:
         session = {k: v for k, v in {"threads": threads, "provider": provider}.items() if v is not None}
         recognizer = Recognizer(model_dir, decode=decode, options=options, timestamps=timestamps, **session)
-        hyps = recognizer.transcribe(audio)
-    for path, hyp in zip(audio, hyps):
-        line = f"{path}\t{hyp.text}"
-        if timestamps:
-            import json
+        with _bar("transcribe", len(items)) as bar:
+            for k in range(0, len(items), CHUNK):
+                chunk = items[k : k + CHUNK]
+                for item, transcript in zip(chunk, recognizer.transcribe_long([i.audio for i in chunk], vad=vad)):
+                    audio_s += transcript.duration
+                    results.append(_emit(_transcript_record(item, transcript, recognizer.tokens.symbols), output_format))
+                bar.update(len(chunk))
+    wall = time.perf_counter() - started
+    if output_format == "json":
+        import json
 
-            symbols = recognizer.tokens.symbols
-            line += "\t" + json.dumps([[symbols[t], s, e] for t, (s, e) in zip(hyp.tokens, hyp.times)], ensure_ascii=False)
-        typer.echo(line)
+        typer.echo(json.dumps({"model": str(model_dir), "results": results, "audio_seconds": round(audio_s, 3), "wall_seconds": round(wall, 3)}, ensure_ascii=False, indent=1))
+    _log(f"{len(items)} input(s), {audio_s:.1f} s of audio in {wall:.2f} s: RTF {wall / max(audio_s, 1e-9):.4f} (reading, VAD, features and decoding; model load excluded)")
+
+
+def _whole(path, hyp):
+    """A file decoded whole (the distributed path) as a one-segment Transcript."""
+    import soundfile as sf
+
+    from optimize.runtime.recognizer import Segment, Transcript
+
+    duration = sf.info(str(path)).duration
+    return Transcript(duration, (Segment(0.0, duration, hyp),))
 
 
 def _transcribe_distributed(model_dir, audio, decode, provider, threads, options, executor, workers, ray_address) -> list:
@@ -133,27 +198,66 @@ def _transcribe_distributed(model_dir, audio, decode, provider, threads, options
     return ex.transcribe(decoder, audio, workers or 0, ray_address, progress=_bar)
 
 
+def _emit(record: dict, output_format: str) -> dict:
+    """Print one input's result now, unless the format is one JSON document (printed at the end)."""
+    if output_format != "json":
+        typer.echo(_format_line(record, output_format))
+    return record
+
+
+def _transcript_record(item, transcript, symbols) -> dict:
+    """One input's result as JSON-able data; token symbols when the table is at hand, and token times
+    (seconds from the start of the recording) when timestamps were asked."""
+
+    def hyp(h) -> dict:
+        out = {"text": h.text, "tokens": None if symbols is None else [symbols[t] for t in h.tokens], "token_ids": list(h.tokens), "score": h.score}
+        if h.times is not None:
+            out["timestamps"] = [[s, e] for s, e in h.times]
+        return out
+
+    segs = transcript.segments
+    return {
+        "id": item.id, "audio": str(item.audio), "duration": round(transcript.duration, 3), "text": transcript.text,
+        "segments": [{"start": round(s.start, 3), "end": round(s.end, 3)} | hyp(s.hypothesis) for s in segs],
+    }  # fmt: skip
+
+
+def _format_line(record: dict, output_format: str) -> str:
+    """One line of text, tsv (id, text and, with timestamps, JSON [[token, start, end], ...]) or jsonl."""
+    import json
+
+    if output_format == "jsonl":
+        return json.dumps(record, ensure_ascii=False)
+    if output_format == "tsv":
+        times = [[tok, s, e] for seg in record["segments"] if "timestamps" in seg for tok, (s, e) in zip(seg["tokens"], seg["timestamps"])]
+        extra = "\t" + json.dumps(times, ensure_ascii=False) if any("timestamps" in seg for seg in record["segments"]) else ""
+        return f"{record['id']}\t{record['text']}{extra}"
+    return record["text"]
+
+
 # ---- run, eval (issue: the staged pipeline) ---------------------------------------------
 
 
 def _log(message: str) -> None:
-    typer.echo(message, err=True)
+    """Notes and summaries on stderr; -q silences them."""
+    if _verbosity > QUIET:
+        typer.echo(message, err=True)
 
 
 def _bar(desc: str, total: int):
-    """The one progress reporter: tqdm on stderr, silent when stderr is not a terminal."""
+    """The one progress reporter: tqdm on stderr, silent when stderr is not a terminal or with -q."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, disable=None)
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, disable=None if _verbosity > QUIET else True)
 
 
 def _quiet_onnxruntime() -> None:
     # ORT warns on every session that cross_attn_mask is an initializer listed as an
     # input (that is the contract: an overridable initializer), and logs run-time
-    # failures that the checks already report in one line. Fatal messages still show.
+    # failures that the checks already report in one line. Fatal messages still show; -v shows warnings.
     import onnxruntime
 
-    onnxruntime.set_default_logger_severity(4)
+    onnxruntime.set_default_logger_severity(2 if _verbosity == VERBOSE else 4)
 
 
 def _replace(obj, **overrides):
@@ -166,10 +270,10 @@ def _replace(obj, **overrides):
 @app.command()
 @_user_errors
 def run(
-    recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/cpu_int8.yaml"),
+    recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/cpu_int8.yaml; its relative paths are relative to the recipe file", metavar="RECIPE"),
     model: Optional[Path] = typer.Option(None, "--model", help="input pair directory [default: the recipe's model]"),
     data: Optional[Path] = typer.Option(None, "--data", help="eval manifest [default: the recipe's data]"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory [default: the recipe's output, runs/<recipe>]"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory [default: the recipe's output, else runs/<recipe name>]"),
     provider: Optional[str] = typer.Option(None, "--provider", help="run the checks on cpu or cuda instead of the recipe's provider (RTF then not representative)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [default: the recipe's threads]"),
     force: bool = typer.Option(False, "--force", help="redo cached stages and evaluations"),
@@ -178,55 +282,53 @@ def run(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
     in_process: bool = typer.Option(False, "--in-process", help="run stages and evaluations in this process (faster start, for debugging; no per-stage peak memory)"),
 ):
-    """Run a recipe: baseline -> stages, checks and gates after each; publishes <output>/final on success."""
-    from optimize import pipeline, report
-    from optimize.recipe import load_recipe
+    """Run a recipe: baseline -> stages, checks and gates after each; publishes <output>/final on success.
+
+    Exit status 1 when a stage fails a check or gate (the report says which), 2 for bad input.
+    """
+    from optimize import api, report
 
     _quiet_onnxruntime()
-    cfg = _replace(load_recipe(recipe), model=model, data=data, output=output, threads=threads)
-    cfg = _replace(cfg, evaluation=_replace(cfg.evaluation, executor=executor, workers=workers))
-    options = pipeline.Options(provider=provider, force=force, ray_address=ray_address, isolate=not in_process)
-    result = pipeline.run(cfg, options, log=_log, progress=_bar)
+    result = api.run(recipe, model=model, data=data, output=output, threads=threads, provider=provider, force=force, log=_log, progress=_bar,
+                     executor=executor, workers=workers, ray_address=ray_address, isolate=not in_process)  # fmt: skip
     widths = [max(len(c), *(len(r[i]) for r in report.table_rows(result))) for i, c in enumerate(report.HEADERS)]
     for cells in [list(report.HEADERS), *report.table_rows(result)]:
         typer.echo("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     if not result["rtf_representative"]:
         typer.echo(f"RTF not representative: recipe targets {result['target_provider']}, ran on {result['provider']}")
-    typer.echo(f"published {result['final']}; report {Path(cfg.output) / report.MARKDOWN}")
+    typer.echo(f"published {result['final']}; report {Path(result['run_dir']) / report.MARKDOWN}")
 
 
 @app.command("eval")
 @_user_errors
 def eval_(
-    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt"),
-    data: Optional[Path] = typer.Option(None, "--data", help="eval manifest [default: the recipe's data]"),
+    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt", metavar="MODEL_DIR"),
+    data: Optional[Path] = typer.Option(None, "--data", help="eval manifest [default: the recipe's data, else calibration/eval]"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write every metric to this JSON file"),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="take provider, threads, decode and evaluation settings from this recipe"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="fp32 pair to compare against: parity, token agreement, deltas"),
-    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda [default: the recipe's provider]"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [default: the recipe's threads]"),
+    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda [default: the recipe's provider, else cpu]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [default: the recipe's threads, else 1]"),
     executor: Optional[str] = typer.Option(None, "--executor", help="local or ray: where the eval set is decoded [default: the recipe's evaluation.executor]"),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
 ):
-    """Run the pipeline's evaluation on any pair: load, contract, parity, error rate, RTF, ops, size."""
+    """Run the pipeline's evaluation on any pair: load, contract, parity, error rate, RTF, ops, size.
+
+    Exit status 1 when a check fails, 2 for bad input.
+    """
     import json
 
-    from optimize import pipeline
-    from optimize.evaluate.suite import EvalSettings
-    from optimize.recipe import default, load_recipe
+    from optimize import api
 
     _quiet_onnxruntime()
-    src = load_recipe(recipe) if recipe else None
-    pick = lambda name: getattr(src, name) if src else default(name)  # noqa: E731
-    evaluation = _replace(pick("evaluation"), executor=executor, workers=workers)
-    settings = _replace(EvalSettings(pick("provider"), pick("threads"), pick("decode"), evaluation, pick("provider_options")), provider=provider, threads=threads)
-    result = pipeline.evaluate_pair(model_dir, data or pick("data"), settings, reference, progress=_bar, ray_address=ray_address)
+    result = api.evaluate_pair(model_dir, data, recipe, reference, provider, threads, check=False, progress=_bar,
+                               executor=executor, workers=workers, ray_address=ray_address)  # fmt: skip
     m = result["metrics"]
     if json_path:
-        json_path.write_text(json.dumps(result, indent=2, default=str))
+        _atomic_text(json_path, json.dumps(result, indent=2, default=str, ensure_ascii=False))
     if m["failures"]:
-        raise OptimizeError(f"{model_dir} failed {m['failures'][0]}", "see the checks in `optimize eval --help`")
+        raise GateFailure(f"{model_dir} failed {m['failures'][0]}", "see the checks in `optimize eval --help`")
     rtf = m["rtf"]
     rates = ", ".join(f"{k} {v:.2f}%" for k, v in (m.get("error_rates") or {}).items()) or "n/a (parity_only)"
     typer.echo(f"error rate: {rates}")
@@ -237,6 +339,14 @@ def eval_(
     if tp:  # None in parity_only evaluations without eval data
         typer.echo(f"throughput {tp['audio_seconds_per_wall_second']:.1f} audio s per wall s ({tp['executor']}, {tp['workers']} worker(s), {tp['shards']} shard(s))")
     typer.echo(f"size {m['size_mb']:.2f} MB; ops {m['op_stats']}")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 @app.command()

@@ -11,3 +11,11 @@ class OptimizeError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.fix})" if self.fix else self.message
+
+
+class GateFailure(OptimizeError):
+    """The run went as asked and a stage (or the evaluated pair) did not pass a check or gate.
+
+    The CLI exits 1 for it, and 2 for every other OptimizeError (usage or input), so CI can
+    tell "the model regressed" from "bad invocation".
+    """

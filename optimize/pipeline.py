@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from optimize import atomic, cache, report
-from optimize.errors import OptimizeError
+from optimize.errors import GateFailure, OptimizeError
 from optimize.evaluate.memory import max_rss_bytes
 from optimize.evaluate.metrics import SPEEDUP_BASIS, Comparison, Metrics, compare
 from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data, quiet
@@ -224,7 +224,8 @@ def _input_stages(recipe: Recipe, log: Log) -> list[Stage]:
 
 
 def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None, progress: Progress = quiet) -> dict:
-    """Run `recipe`; returns the report. Raises OptimizeError on the first failed stage."""
+    """Run `recipe`; returns the report. Raises GateFailure on the first stage that fails a check or
+    gate, OptimizeError when a stage cannot be produced."""
     provider = options.provider or recipe.provider
     _check_provider(recipe, provider)
     before = _input_stages(recipe, log)  # refuses an unsuitable input before anything is written
@@ -266,7 +267,8 @@ def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header
         rows.append(report.Row.of(stage.name, stage_dir, record, metrics, judged, failures))
         report.write(run_dir, header, rows, None)
         if failures:
-            raise OptimizeError(f"stage {stage.name} failed {failures[0]}", f"the artifact stays in {stage_dir} for inspection; nothing was published")
+            error = GateFailure if index else OptimizeError  # a baseline that fails its checks is bad input
+            raise error(f"stage {stage.name} failed {failures[0]}", f"the artifact stays in {stage_dir} for inspection; nothing was published")
         log(f"{stage_dir.name}: passed")
         src = stage_dir
     final = atomic.copy_files(cache.pair_files(src), run_dir / FINAL)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -196,6 +197,9 @@ def _stage(item: object, where: str) -> Stage:
     return Stage(name, build(config_class(name), params, f"{where}.{name}"))
 
 
+PATH_KEYS = ("model", "data", "output")  # recipe keys holding paths
+
+
 def load_recipe(path: Path) -> Recipe:
     """Read and validate a recipe file."""
     path = Path(path)
@@ -208,6 +212,9 @@ def load_recipe(path: Path) -> Recipe:
     if not isinstance(raw, dict):
         raise OptimizeError(f"recipe {path} is not a mapping", "start the file with keys such as `model:` and `stages:`")
     raw = dict(raw)
+    for key in PATH_KEYS:  # relative to the recipe file, so a recipe runs from any directory
+        if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
+            raw[key] = os.path.normpath(path.parent / raw[key])
     stages = raw.pop("stages", None)
     if not isinstance(stages, list):
         raise OptimizeError(f"recipe {path}: `stages` must be a list", "list stages such as `- simplify`")

@@ -67,6 +67,7 @@ def header(recipe, resolved: dict, provider: str, representative: bool, timed: s
     """The run-level part of report.json."""
     return {
         "recipe": recipe.name,
+        "run_dir": str(recipe.output),
         "model": str(recipe.model),
         "data": None if recipe.data is None else str(recipe.data),
         "provider": provider,

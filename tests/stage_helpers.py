@@ -96,9 +96,9 @@ def cli(*args: str, isolate: bool = False):
     return CliRunner().invoke(app, argv)
 
 
-def assert_one_line_failure(result, *fragments: str) -> None:
-    """Non-zero exit with exactly one `error: ...` line naming every fragment."""
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
+def assert_one_line_failure(result, *fragments: str, code: int = 2) -> None:
+    """Exit `code` (2 bad input, 1 a failed check or gate) with exactly one `error: ...` line naming every fragment."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr, result.exception)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
     for fragment in fragments:

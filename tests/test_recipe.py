@@ -32,7 +32,7 @@ def test_shipped_recipes_load(name):
     recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
     assert recipe.name == name and recipe.output == Path("runs") / name
     assert [s.name for s in recipe.stages] == ["simplify", "fuse", "int8" if name == "cpu_int8" else "fp16"]
-    assert recipe.model == Path("artifacts/firered-aed-tiny") and recipe.data == Path("calibration/eval")
+    assert recipe.model == REPO / "artifacts/firered-aed-tiny" and recipe.data == REPO / "calibration/eval"  # relative to the recipe
     assert recipe.provider == ("cpu" if name == "cpu_int8" else "cuda")
     assert to_dict(recipe)["stages"][0] == {"simplify": dataclasses.asdict(recipe.stages[0].config)}
 
@@ -40,7 +40,7 @@ def test_shipped_recipes_load(name):
 @pytest.mark.parametrize("name, small", [("cpu_int8_aed_l", "cpu_int8"), ("gpu_fp16_aed_l", "gpu_fp16")])
 def test_aed_l_recipes_run_the_small_recipes_stages_by_parity(name, small):
     big, ref = load_recipe(REPO / "recipes" / f"{name}.yaml"), load_recipe(REPO / "recipes" / f"{small}.yaml")
-    assert big.model == Path("work/aed_l/fp32") and big.data is None and big.evaluation.mode == "parity_only"
+    assert big.model == REPO / "work/aed_l/fp32" and big.data is None and big.evaluation.mode == "parity_only"
     assert big.provider == ref.provider and big.gates.min_logits_cosine >= 0.99
     assert [s.name for s in big.stages] == [s.name for s in ref.stages]
     assert big.stages[:2] == ref.stages[:2]  # simplify and fuse as in the small recipe

@@ -135,14 +135,14 @@ def test_search_matches_in_sub_batches(model, batch):
     x, x_len, enc_out, enc_mask = encoded(model, lengths)
     cfg = DecodeConfig()
     got = beam_search(OfficialDecoder(model.decoder, enc_out, enc_mask), len(lengths), enc_out.shape[1], cfg, SOS, EOS)
-    assert got == official_tokens(model, x, x_len, cfg)
+    assert [d.tokens for d in got] == official_tokens(model, x, x_len, cfg)
 
 
 def test_greedy_equals_official_beam_one(model):
     x, x_len, enc_out, enc_mask = encoded(model, LENGTHS)
     cfg = DecodeConfig(beam_size=1)
     got = greedy_search(OfficialDecoder(model.decoder, enc_out, enc_mask), len(LENGTHS), enc_out.shape[1], cfg, SOS, EOS)
-    assert got == official_tokens(model, x, x_len, cfg)
+    assert [d.tokens for d in got] == official_tokens(model, x, x_len, cfg)
 
 
 def test_fixture_model_is_not_degenerate(model):
@@ -180,3 +180,22 @@ def test_decode_config_rejects_bad_values(field, value):
     with pytest.raises(OptimizeError) as e:
         DecodeConfig(**{field: value})
     assert field in e.value.message and "\n" not in str(e.value)
+
+
+def test_greedy_score_is_the_summed_log_probs(model):
+    """The score reported with each greedy hypothesis: its tokens' log-probs (eos included), teacher-forced again."""
+    from optimize.runtime.search import log_probs
+
+    x, x_len, enc_out, enc_mask = encoded(model, LENGTHS)
+    cfg, maxlen = DecodeConfig(beam_size=1), enc_out.shape[1]
+    got = greedy_search(OfficialDecoder(model.decoder, enc_out, enc_mask), len(LENGTHS), maxlen, cfg, SOS, EOS)
+    seqs = [d.tokens + ((EOS,) if len(d.tokens) < maxlen else ()) for d in got]
+    dec = OfficialDecoder(model.decoder, enc_out, enc_mask)
+    dec.start(1)
+    prev, total = np.full(len(seqs), SOS, dtype=np.int64), np.zeros(len(seqs))
+    for t in range(max(map(len, seqs))):
+        lp = log_probs(dec.step(prev, t), cfg, EOS)
+        total += [lp[i, s[t]] if t < len(s) else 0.0 for i, s in enumerate(seqs)]
+        prev = np.array([s[t] if t < len(s) else EOS for s in seqs], dtype=np.int64)
+    assert np.allclose(total, [d.score for d in got], rtol=1e-5, atol=1e-4)
+    assert all(d.score < 0 for d in got)

