@@ -27,6 +27,7 @@ def run(
     threads: int | None = None,
     provider: str | None = None,
     force: bool = False,
+    by: tuple[str, ...] | None = None,
     log=lambda message: None,
     progress: Progress = quiet,
     executor: str | None = None,
@@ -45,6 +46,7 @@ def run(
     cfg = _replace(cfg, threads=threads, **paths)
     cfg = _replace(cfg, evaluation=_replace(cfg.evaluation, executor=executor, workers=workers))
     options = pipeline.Options(provider=provider, force=force, ray_address=ray_address, isolate=isolate)
+    options = _replace(options, by=by)
     return pipeline.run(cfg, options, log=log, progress=progress)
 
 
@@ -56,6 +58,7 @@ def evaluate_pair(
     provider: str | None = None,
     threads: int | None = None,
     check: bool = True,
+    by: tuple[str, ...] = (),
     progress: Progress = quiet,
     executor: str | None = None,
     workers: int | None = None,
@@ -64,7 +67,8 @@ def evaluate_pair(
     """The pipeline's checks on one pair; settings from `recipe` or the defaults.
 
     data: eval manifest (default: the recipe's data). reference: an fp32 pair for parity, token
-    agreement and deltas. With check=True a failed check raises GateFailure; the result is
+    agreement, deltas and the changed utterances. by: manifest fields to break error rates down by
+    ("lang", "condition", ..., "length"). With check=True a failed check raises GateFailure; the result is
     returned either way otherwise (`result["metrics"]["failures"]`).
     """
     src = load_recipe(Path(recipe)) if recipe else None
@@ -73,7 +77,7 @@ def evaluate_pair(
     settings = EvalSettings(pick("provider"), pick("threads"), pick("decode"), evaluation, pick("provider_options"))
     settings = _replace(settings, provider=provider, threads=threads)
     data_path = Path(data) if data is not None else pick("data")
-    result = pipeline.evaluate_pair(Path(model_dir), data_path, settings, None if reference is None else Path(reference), progress=progress, ray_address=ray_address)
+    result = pipeline.evaluate_pair(Path(model_dir), data_path, settings, None if reference is None else Path(reference), progress=progress, ray_address=ray_address, by=tuple(by))
     failures = result["metrics"]["failures"]
     if check and failures:
         raise GateFailure(f"{model_dir} failed {failures[0]}", "see the checks in `optimize eval --help`")

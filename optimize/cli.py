@@ -281,6 +281,7 @@ def run(
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
     in_process: bool = typer.Option(False, "--in-process", help="run stages and evaluations in this process (faster start, for debugging; no per-stage peak memory)"),
+    by: Optional[str] = typer.Option(None, "--by", help="manifest fields report.md breaks error rates down by, e.g. lang,condition,noise (`length` buckets durations) [default: lang,length]"),
 ):
     """Run a recipe: baseline -> stages, checks and gates after each; publishes <output>/final on success.
 
@@ -289,14 +290,40 @@ def run(
     from optimize import api, report
 
     _quiet_onnxruntime()
-    result = api.run(recipe, model=model, data=data, output=output, threads=threads, provider=provider, force=force, log=_log, progress=_bar,
-                     executor=executor, workers=workers, ray_address=ray_address, isolate=not in_process)  # fmt: skip
-    widths = [max(len(c), *(len(r[i]) for r in report.table_rows(result))) for i, c in enumerate(report.HEADERS)]
-    for cells in [list(report.HEADERS), *report.table_rows(result)]:
-        typer.echo("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    result = api.run(recipe, model=model, data=data, output=output, threads=threads, provider=provider, force=force, by=_fields(by), log=_log,
+                     progress=_bar, executor=executor, workers=workers, ray_address=ray_address, isolate=not in_process)  # fmt: skip
+    typer.echo(_table(report.TERMINAL, report.table_rows(result, report.TERMINAL)))
     if not result["rtf_representative"]:
         typer.echo(f"RTF not representative: recipe targets {result['target_provider']}, ran on {result['provider']}")
+    changed = [f"{r.name} {len(r.changed)}" for r in result["stages"] if r.changed is not None]
+    if changed:
+        typer.echo(f"utterances changed against the baseline: {', '.join(changed)} (listed in report.md)")
     typer.echo(f"published {result['final']}; report {Path(result['run_dir']) / report.MARKDOWN}")
+
+
+WIDTH = 100  # terminal tables fit this many columns
+
+
+def _table(headers, rows) -> str:
+    """A plain-text table (rich, no colour) at most WIDTH columns wide."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1), collapse_padding=True)
+    for h in headers:
+        table.add_column(h, overflow="fold")  # fold a long value onto a second line rather than cut it
+    for row in rows:
+        table.add_row(*row)
+    out = io.StringIO()
+    Console(file=out, width=WIDTH, color_system=None, force_terminal=False).print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines() if line.strip())
+
+
+def _fields(by: Optional[str]) -> Optional[tuple[str, ...]]:
+    return None if by is None else tuple(f.strip() for f in by.split(",") if f.strip())
 
 
 @app.command("eval")
@@ -312,6 +339,7 @@ def eval_(
     executor: Optional[str] = typer.Option(None, "--executor", help="local or ray: where the eval set is decoded [default: the recipe's evaluation.executor]"),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
+    by: Optional[str] = typer.Option(None, "--by", help="print error rates by these manifest fields, e.g. lang,condition (`length` buckets durations)"),
 ):
     """Run the pipeline's evaluation on any pair: load, contract, parity, error rate, RTF, ops, size.
 
@@ -322,7 +350,7 @@ def eval_(
     from optimize import api
 
     _quiet_onnxruntime()
-    result = api.evaluate_pair(model_dir, data, recipe, reference, provider, threads, check=False, progress=_bar,
+    result = api.evaluate_pair(model_dir, data, recipe, reference, provider, threads, check=False, by=_fields(by) or (), progress=_bar,
                                executor=executor, workers=workers, ray_address=ray_address)  # fmt: skip
     m = result["metrics"]
     if json_path:
@@ -339,6 +367,12 @@ def eval_(
     if tp:  # None in parity_only evaluations without eval data
         typer.echo(f"throughput {tp['audio_seconds_per_wall_second']:.1f} audio s per wall s ({tp['executor']}, {tp['workers']} worker(s), {tp['shards']} shard(s))")
     typer.echo(f"size {m['size_mb']:.2f} MB; ops {m['op_stats']}")
+    if result.get("breakdown"):
+        rows = [[b["field"], b["value"], str(b["utts"]), *(f"{b['rates'].get(k, float('nan')):.2f}" for k in ("zh", "en", "mixed")),
+                 f"{b['substitutions']}/{b['deletions']}/{b['insertions']}"] for b in result["breakdown"]]  # fmt: skip
+        typer.echo(_table(("field", "value", "utts", "zh CER %", "en WER %", "mixed %", "S/D/I"), rows).replace("nan", "-"))
+    if result.get("changed") is not None:
+        typer.echo(f"{len(result['changed'])} utterance(s) changed against the reference (ids and texts in --json)")
 
 
 def _atomic_text(path: Path, text: str) -> None:

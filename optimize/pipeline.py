@@ -20,6 +20,7 @@ from typing import Callable
 
 from optimize import atomic, cache, report
 from optimize.errors import GateFailure, OptimizeError
+from optimize.evaluate import breakdown
 from optimize.evaluate.memory import max_rss_bytes
 from optimize.evaluate.metrics import SPEEDUP_BASIS, Comparison, Metrics, compare
 from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data, quiet
@@ -49,6 +50,7 @@ class Options:
     # multi-GB sessions leaves with it; False runs them in this process (the tests, a debugger),
     # with the same outputs and cache keys but no per-stage peak memory
     isolate: bool = True
+    by: tuple[str, ...] = ("lang", "length")  # manifest fields the report breaks error rates down by
 
 
 def _check_provider(recipe: Recipe, provider: str) -> None:
@@ -258,13 +260,15 @@ def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header
             raise OptimizeError(f"stage {stage.name} failed: {e.message}", f"{e.fix}; nothing was published") from e
         if evaluator is None:
             evaluator = Evaluator(load_data(stage_dir, recipe.data, settings, progress), settings, stage_dir, address)
+            breakdown.check_fields(evaluator.data.fields, options.by if evaluator.data.refs else ())
         eval_settings = dataclasses.asdict(settings) | {"data": evaluator.data.digest}
         metrics = _evaluate(evaluator, record, stage_dir, None if index == 0 else src, eval_settings, options, progress)
         if index == 0:
             metrics = dataclasses.replace(metrics, token_agreement=1.0)  # the baseline agrees with itself
             evaluator.baseline = metrics if metrics.passed else None
         judged, failures = _judge(metrics, evaluator.baseline if index else None, recipe, provider, representative)
-        rows.append(report.Row.of(stage.name, stage_dir, record, metrics, judged, failures))
+        row = report.Row.of(stage.name, stage_dir, record, metrics, judged, failures)
+        rows.append(dataclasses.replace(row, **_analysis(evaluator, metrics, options.by)))
         report.write(run_dir, header, rows, None)
         if failures:
             error = GateFailure if index else OptimizeError  # a baseline that fails its checks is bad input
@@ -275,16 +279,31 @@ def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header
     return report.write(run_dir, header, rows, final)
 
 
+def _analysis(evaluator: Evaluator, metrics: Metrics, by: tuple[str, ...]) -> dict:
+    """Error rates by manifest field and the utterances changed against the baseline (none in parity_only)."""
+    d, hyps = evaluator.data, metrics.hyps
+    if not hyps or not d.refs:
+        return {}
+    texts = [h["text"] for h in hyps]
+    out = {"breakdown": breakdown.breakdown(d.refs, texts, d.langs, d.fields, by)}
+    if evaluator.baseline is not None and evaluator.baseline.hyps is not hyps:
+        out["changed"] = breakdown.changed(d.ids, d.refs, [h["text"] for h in evaluator.baseline.hyps], texts)
+    return out
+
+
 def evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, reference: Path | None = None, progress: Progress = quiet,
-                  ray_address: str | None = None) -> dict:  # fmt: skip
-    """`optimize eval`: the checks on any pair; parity, agreement and deltas need a `reference` pair."""
+                  ray_address: str | None = None, by: tuple[str, ...] = ()) -> dict:  # fmt: skip
+    """`optimize eval`: the checks on any pair; parity, agreement and deltas need a `reference` pair;
+    `by` adds error rates by those manifest fields ("breakdown") and, with a reference, the changed utterances."""
     ev = settings.evaluation
     with cluster(ev.executor, ev.workers, settings.threads, ray_address) as address:  # joined once for pair and reference
-        return _evaluate_pair(model_dir, data, settings, reference, progress, address)
+        return _evaluate_pair(model_dir, data, settings, reference, progress, address, by)
 
 
-def _evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, reference: Path | None, progress: Progress, address: str | None) -> dict:
+def _evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, reference: Path | None, progress: Progress, address: str | None,
+                   by: tuple[str, ...] = ()) -> dict:  # fmt: skip
     evaluator = Evaluator(load_data(Path(reference or model_dir), data, settings, progress), settings, reference, address)
+    breakdown.check_fields(evaluator.data.fields, by if evaluator.data.refs else ())
     out: dict = {"model": str(model_dir), "data": None if data is None else str(data), "provider": settings.provider,
                  "threads": settings.threads, "rtf_timed": settings.timed(), "reference": None if reference is None else str(reference)}  # fmt: skip
     if reference is not None:
@@ -297,4 +316,6 @@ def _evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, r
     if reference is not None and metrics.passed:
         judged = compare(metrics, evaluator.baseline, settings.provider)
         out["delta_error_rate"], out["speedup"] = judged.delta_error_rate, judged.speedup
+    if metrics.passed:
+        out |= _analysis(evaluator, metrics, by) if by or reference is not None else {}
     return out

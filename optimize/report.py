@@ -46,6 +46,9 @@ class Row:
     op_stats: dict | None = None
     parity: dict | None = None
     outputs: dict | None = None  # file name -> sha256
+    error_counts: dict | None = None  # substitutions, deletions, insertions, ref_len of the mixed rate
+    breakdown: list[dict] | None = None  # error rates by manifest field (evaluate/breakdown.py)
+    changed: list[dict] | None = None  # utterances whose text differs from the baseline's: id, reference, both texts
 
     @classmethod
     def of(cls, name: str, path: Path, record: dict, metrics: Metrics, judged: Comparison | None, failures: list[str]) -> Row:
@@ -59,7 +62,7 @@ class Row:
             speedup=None if judged is None else judged.speedup, size_mb=metrics.size_mb, peak_rss_mb=record.get("peak_rss_mb"),
             eval_peak_rss_mb=metrics.eval_peak_rss_mb, seconds=record.get("seconds"), cached=record["cached"],
             notes=record["output"].get("notes", []), changes=record["output"].get("details"), op_stats=metrics.op_stats,
-            parity=metrics.parity, outputs=record["outputs"],
+            parity=metrics.parity, outputs=record["outputs"], error_counts=metrics.error_counts,
         )  # fmt: skip
 
 
@@ -114,6 +117,7 @@ COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("p50", lambda r: _num(r.rtf_p50, ".4f")),
     ("p90", lambda r: _num(r.rtf_p90, ".4f")),
     ("CPU RTF", lambda r: _num(r.rtf_cpu, ".4f")),
+    ("S/D/I", lambda r: "n/a" if not r.error_counts else "{substitutions}/{deletions}/{insertions}".format(**r.error_counts)),
     ("speedup", lambda r: _num(r.speedup, ".2f")),
     ("MB", lambda r: _num(r.size_mb, ".2f")),
     ("stage peak MB", lambda r: _num(r.peak_rss_mb, ".0f")),
@@ -124,11 +128,44 @@ COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("passed", lambda r: "yes" if r.passed else "NO"),
 )
 HEADERS = tuple(h for h, _ in COLUMNS)
+# The terminal's table (cli.py): what the gates judge, narrow enough for 100 columns.
+TERMINAL = ("stage", "error rate %", "Δ points", "agreement", "S/D/I", "CPU RTF", "speedup", "MB", "passed")
+CHANGED_SHOWN = 20  # changed utterances listed per stage in report.md (report.json has all)
 
 
-def table_rows(report: dict) -> list[list[str]]:
-    """The stage table as strings, one list per stage (report.md and the CLI print it)."""
-    return [[cell(r) for _, cell in COLUMNS] for r in report["stages"]]
+def table_rows(report: dict, headers: tuple[str, ...] = HEADERS) -> list[list[str]]:
+    """The stage table as strings, one list per stage, in the order of `headers` (report.md and the CLI print it)."""
+    cells = dict(COLUMNS)
+    return [[cells[h](r) for h in headers] for r in report["stages"]]
+
+
+def _breakdown_lines(rows: list) -> list[str]:
+    """Mixed error rate per manifest field value, one column per stage."""
+    done = [r for r in rows if r.breakdown]
+    if not done:
+        return []
+    lines = ["", "## Error rate by field (mixed %, S/D/I of the last stage)", "",
+             "| field | value | utts | " + " | ".join(r.name for r in done) + " | S/D/I |", "|---|---|---:|" + "---:|" * (len(done) + 1)]  # fmt: skip
+    for k, b in enumerate(done[0].breakdown):
+        rates = [f"{r.breakdown[k]['rates']['mixed']:.2f}" for r in done]
+        last = done[-1].breakdown[k]
+        lines.append(f"| {b['field']} | {b['value']} | {b['utts']} | " + " | ".join(rates) + f" | {last['substitutions']}/{last['deletions']}/{last['insertions']} |")
+    return lines
+
+
+def _changed_lines(rows: list) -> list[str]:
+    """Per stage, the utterances whose text differs from the baseline's."""
+    lines = []
+    for r in rows:
+        if r.changed is None:
+            continue
+        lines += ["", f"### {r.name}: {len(r.changed)} utterance(s) changed against the baseline"]
+        if r.changed:
+            lines += ["", f"| id | reference | baseline | {r.name} |", "|---|---|---|---|"]
+            lines += [f"| {c['id']} | {c['reference']} | {c['baseline']} | {c['hypothesis']} |" for c in r.changed[:CHANGED_SHOWN]]
+            if len(r.changed) > CHANGED_SHOWN:
+                lines.append(f"\n({len(r.changed) - CHANGED_SHOWN} more in report.json)")
+    return (["", "## Changed utterances"] + lines) if lines else []
 
 
 def markdown(report: dict) -> str:
@@ -152,11 +189,13 @@ def markdown(report: dict) -> str:
         lines += [f"- **{r.name} failed** {failure}" for failure in r.failures]
     if report["final"]:
         lines.append(f"\nPublished: `{report['final']}`")
+    lines += _breakdown_lines(report["stages"]) + _changed_lines(report["stages"])
     return "\n".join(lines) + "\n"
 
 
 def plot(report: dict, path: Path) -> None:
-    """Error rate (or, without one, token agreement) and RTF by stage, as a PNG."""
+    """Error rate (or, without one, token agreement) and the RTF the speedup gate judges (CPU RTF on the
+    CPU provider, wall-clock on CUDA; report["speedup_basis"]) by stage, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,8 +208,9 @@ def plot(report: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax1.bar(names, [v or 0 for v in left], color="tab:blue")
     ax1.set_title("error rate (%)" if has_er else "token agreement with baseline")
-    ax2.bar(names, [r.rtf or 0 for r in rows], color=["tab:green" if r.passed else "tab:red" for r in rows])
-    ax2.set_title("RTF" + ("" if report["rtf_representative"] else " (not representative)"))
+    cpu = report["speedup_basis"] == "cpu_rtf"
+    ax2.bar(names, [(r.rtf_cpu if cpu else r.rtf) or 0 for r in rows], color=["tab:green" if r.passed else "tab:red" for r in rows])
+    ax2.set_title(("CPU RTF (what min_speedup judges)" if cpu else "RTF (what min_speedup judges)") + ("" if report["rtf_representative"] else ", not representative"))
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=20)
     fig.suptitle(f"{report['recipe']} ({report['provider']})")

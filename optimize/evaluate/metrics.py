@@ -30,7 +30,8 @@ class Metrics:
     error_rate: float | None = None  # mixed CER/WER in %, None in parity_only
     error_rates: dict[str, float] | None = None  # per language and "mixed", in %
     error_rate_vs_baseline: float | None = None  # the same rate with the baseline's hypotheses as references
-    hyps: list[dict] | None = None  # [{"tokens": [...], "text": ...}] per utterance, in manifest order
+    error_counts: dict | None = None  # substitutions, deletions, insertions, ref_len of the mixed rate
+    hyps: list[dict] | None = None  # [{"id": ..., "tokens": [...], "text": ...}] per utterance, in manifest order
     rtf: dict | None = None  # rtf.Rtf as a dict
     io_binding: bool | None = None  # whether the timed decode ran through IOBinding (what ran, not what was asked)
     # where the eval set was decoded (runtime/executor.py): executor, workers, shards, audio and

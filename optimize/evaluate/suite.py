@@ -75,6 +75,8 @@ class EvalData:
     probes: tuple[np.ndarray, ...]  # parity inputs, shape = (T, 80), float32
     digest: str  # sha256 of the manifest and audio bytes (or of the synthetic probes)
     names: tuple[str, ...] = ()  # audio path per utterance, to name one in an error
+    ids: tuple[str, ...] = ()  # utterance ids (the manifest's `id`, else the audio file's stem)
+    fields: tuple[dict, ...] = ()  # per utterance: every manifest key, `lang` and the `length` bucket
 
 
 def load_data(model_dir: Path, data: Path | None, settings: EvalSettings, progress: Progress = quiet) -> EvalData:
@@ -102,9 +104,14 @@ def load_data(model_dir: Path, data: Path | None, settings: EvalSettings, progre
     # probes spread over the length range, so parity sees short and long inputs
     order = np.argsort([len(f) for f in feats])
     picks = sorted({int(order[i]) for i in spread(len(order), cfg.probes)})
+    from optimize.evaluate.breakdown import length_bucket
+
+    ids = tuple(str(u.extra.get("id") or Path(u.audio).stem) for u in utterances)
+    fields = tuple({k: v for k, v in u.extra.items() if k not in ("id", "audio", "text", "sha256")} | {"lang": u.lang, "length": length_bucket(s)}
+                   for u, s in zip(utterances, seconds))  # fmt: skip
     return EvalData(
         tuple(feats), tuple(seconds), tuple(u.text for u in utterances),
-        tuple(u.lang for u in utterances), tuple(feats[i] for i in picks), h.hexdigest(), tuple(str(u.audio) for u in utterances),
+        tuple(u.lang for u in utterances), tuple(feats[i] for i in picks), h.hexdigest(), tuple(str(u.audio) for u in utterances), ids, fields,
     )  # fmt: skip
 
 
@@ -213,6 +220,7 @@ class Evaluator:
         """Error rates and RTF from one timed pass over the eval set (probes in parity_only)."""
         if self._forced:
             return self._probe_rtf(model_dir, progress)
+        from optimize.evaluate.breakdown import counts
         from optimize.evaluate.wer import score
         from optimize.runtime import executor
 
@@ -237,7 +245,8 @@ class Evaluator:
         metrics = {
             "error_rate": rates["mixed"].rate,
             "error_rates": {lang: r.rate for lang, r in rates.items()},
-            "hyps": [{"tokens": list(h.tokens), "text": h.text} for h in hyps],
+            "error_counts": counts(d.refs, texts),
+            "hyps": [{"id": i, "tokens": list(h.tokens), "text": h.text} for i, h in zip(d.ids or [None] * len(hyps), hyps)],
             "rtf": dataclasses.asdict(out.rtf),
             "io_binding": out.io_binding,  # what decoded, as opposed to what was asked
             "throughput": out.throughput,  # audio seconds per wall second of the whole decode, where it ran
