@@ -217,7 +217,7 @@ def test_unmeetable_gate_stops_the_run_and_keeps_the_stage_for_inspection(tiny_p
 
     recipe = tiny_recipe(tmp_path / "r.yaml", tiny_pair, ["simplify"], tmp_path / "run",
                          gates={"max_error_rate_increase": 0.5, "min_token_agreement": 0.0, "min_speedup": 1000})  # fmt: skip
-    assert_one_line_failure(cli("run", recipe), "stage simplify failed", "min_speedup 1000")
+    assert_one_line_failure(cli("run", recipe), "stage simplify failed", "min_speedup 1000", code=1)  # 1: a gate failed
     assert not (tmp_path / "run" / "final").exists()
     assert_contract_kept(tiny_pair, tmp_path / "run" / "1-simplify")
     rows = report(tmp_path / "run")["stages"]
