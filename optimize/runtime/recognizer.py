@@ -232,7 +232,7 @@ class Recognizer:
         model, maxlen, log_probs = self._encode(x, frames, max_len or self.decode.max_len)
         info = self.pair.info
         found = search_scored(model, len(feats), maxlen, self.decode, info.sos, info.eos)
-        hyps = [Hypothesis(d.tokens, self.tokens.detokenize(d.tokens), d.score) for d in found]
+        hyps = [Hypothesis(d.tokens, self.tokens.detokenize(d.tokens), score=d.score) for d in found]
         if log_probs is None:
             return hyps
         valid = (frames + 3) // 4  # encoder frames per row, the official mask rule
