@@ -284,7 +284,9 @@ def run_system(name: str, args: argparse.Namespace, x: np.ndarray, mem: PeakRss)
             r = time_sherpa(pair_of(name, args), seconds, args)
         gc.collect()  # the model goes before the next system loads
     steps = args.steps[0]
-    e2e = r["encoder_s"] + steps * r["step_s"]
+    # a step derived from a difference of medians can come out <= 0 when the load changes
+    # faster than the runs: then there is no end-to-end figure, and no ratio is formed from it
+    e2e = r["encoder_s"] + steps * r["step_s"] if r["step_s"] > 0 else float("nan")
     return Timing(
         system=name, runtime=r["runtime"], encoder_ms=1e3 * r["encoder_s"], step_ms=1e3 * r["step_s"], steps=steps,
         e2e_s=e2e, rtf=e2e / seconds, load_s=r["load_s"], peak_rss_gib=phase.peak_bytes / GIB,
