@@ -1,35 +1,90 @@
-"""Accuracy of a model pair on a manifest, per language and per condition, plus a sherpa-onnx check.
+"""Accuracy of a model pair on a manifest, greedy and beam, broken down by every recorded condition.
 
-    python benchmarks/accuracy_default.py artifacts/firered-aed-tiny calibration/eval [--sherpa]
+    python benchmarks/accuracy_default.py artifacts/firered-aed-tiny calibration/eval [--sherpa] [--json out.json]
 
-Decodes with `optimize`'s recognizer (FireRedASR beam 3 by default) and prints markdown tables:
-error rate per language (CER zh, WER en, mixed), per eval condition (seen / unseen voice /
-unseen noise) and per noise type. With --sherpa it also decodes every file with sherpa-onnx's
-`OfflineRecognizer.from_fire_red_asr` (greedy) and counts utterances whose text differs from
-our greedy search.
+Decodes every utterance twice with `optimize`'s recognizer: greedy (beam 1, no smoothing or
+length penalty) and FireRedASR beam search (beam 3 by default). Prints markdown tables of CER zh,
+WER en and the mixed rate for both, per eval condition, length bucket, sentences per utterance,
+speaking rate, channel, room, hum, noise, SNR, voice and variant. With --sherpa it also decodes
+every file with sherpa-onnx's `OfflineRecognizer.from_fire_red_asr` (greedy) and counts utterances
+whose text differs from our greedy search.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
-from optimize.corpus.manifest import read_manifest
+from optimize.corpus.manifest import Utterance, read_manifest
 from optimize.evaluate.wer import score
 from optimize.runtime.audio import load_audio
 from optimize.runtime.recognizer import Recognizer
 from optimize.runtime.search import DecodeConfig
 
+LENGTH_BUCKETS_S = (4, 8, 12, 16)  # upper edges; the last bucket is open
 
-def _table(title: str, groups: dict[str, list[int]], refs, hyps, langs) -> str:
-    lines = [f"| {title} | utts | zh CER % | en WER % | mixed % |", "|---|---|---|---|---|"]
-    for name, idx in sorted(groups.items()):
-        s = score([refs[i] for i in idx], [hyps[i] for i in idx], [langs[i] for i in idx])
-        cell = lambda k: f"{s[k].rate:.2f}" if k in s and s[k].ref_len else "-"  # noqa: E731
-        lines.append(f"| {name} | {len(idx)} | {cell('zh')} | {cell('en')} | {cell('mixed')} |")
+
+def _bucket(value: float | None, edges, unit: str) -> str:
+    if value is None:
+        return "(none)"
+    low = 0
+    for edge in edges:
+        if value < edge:
+            return f"{low}-{edge} {unit}"
+        low = edge
+    return f">= {low} {unit}"
+
+
+# group name -> the key of an utterance (None: the utterance is left out of that table)
+BREAKDOWNS: dict[str, Callable[[Utterance], str | None]] = {
+    "condition": lambda u: u.extra.get("condition"),
+    "length": lambda u: _bucket(u.duration, LENGTH_BUCKETS_S, "s"),
+    "sentences": lambda u: None if "sentences" not in u.extra else _bucket(u.extra["sentences"], (2, 3, 5), "sentences"),
+    "rate": lambda u: None if "rate" not in u.extra else _bucket(u.extra["rate"], (140, 170, 200), "wpm"),
+    "channel": lambda u: u.extra.get("channel"),
+    "room": lambda u: None if "rt60" not in u.extra else ("dry" if u.extra["rt60"] is None else _bucket(u.extra["rt60"], (0.4, 0.6), "s RT60")),
+    "hum": lambda u: None if "hum_hz" not in u.extra else f"{u.extra['hum_hz'] or 'no'} Hz",
+    "noise": lambda u: u.extra.get("noise"),
+    "snr": lambda u: None if "snr_db" not in u.extra else _bucket(u.extra["snr_db"], (10, 15, 20), "dB"),
+    "voice": lambda u: str(u.extra["voice"]).split("+")[0] if "voice" in u.extra else None,
+    "variant": lambda u: (str(u.extra["voice"]).split("+") + ["(none)"])[1] if "voice" in u.extra else None,
+}
+
+
+def rates(idx: list[int], refs, hyps, langs) -> dict[str, float | None]:
+    s = score([refs[i] for i in idx], [hyps[i] for i in idx], [langs[i] for i in idx])
+    return {k: (round(s[k].rate, 2) if k in s and s[k].ref_len else None) for k in ("zh", "en", "mixed")}
+
+
+def breakdown(utts: list[Utterance], refs, langs, decodes: dict[str, list[str]]) -> dict[str, dict[str, dict]]:
+    """{table: {group: {"utts", "minutes", <decode>: {"zh", "en", "mixed"}}}} for every breakdown."""
+    tables = {"set": {"all": list(range(len(utts)))}}
+    for name, key in BREAKDOWNS.items():
+        groups = defaultdict(list)
+        for i, u in enumerate(utts):
+            if (k := key(u)) is not None:
+                groups[str(k)].append(i)
+        if groups:
+            tables[name] = dict(sorted(groups.items()))
+    return {
+        name: {g: {"utts": len(idx), "minutes": round(sum(utts[i].duration for i in idx) / 60, 2),
+                   **{d: rates(idx, refs, hyps, langs) for d, hyps in decodes.items()}} for g, idx in groups.items()}
+        for name, groups in tables.items()
+    }  # fmt: skip
+
+
+def markdown(name: str, table: dict[str, dict], decodes: list[str]) -> str:
+    head = " | ".join(f"{d} {k}" for d in decodes for k in ("zh CER %", "en WER %", "mixed %"))
+    lines = [f"| {name} | utts | min | {head} |", "|---" * (3 + 3 * len(decodes)) + "|"]
+    cell = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for group, row in table.items():
+        values = " | ".join(cell(row[d][k]) for d in decodes for k in ("zh", "en", "mixed"))
+        lines.append(f"| {group} | {row['utts']} | {row['minutes']:.1f} | {values} |")
     return "\n".join(lines)
 
 
@@ -64,35 +119,38 @@ def main() -> None:
     p.add_argument("--beam-size", type=int, default=DecodeConfig.beam_size)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sherpa", action="store_true")
+    p.add_argument("--json", type=Path, help="also write every table (and the hypotheses) as JSON here")
     a = p.parse_args()
     utts = read_manifest(a.data)
-    rec = Recognizer(a.model_dir, DecodeConfig(beam_size=a.beam_size, batch_size=8), threads=a.threads)
-    feats = [rec.features(load_audio(u.audio)) for u in utts]
-    t0 = time.perf_counter()
-    hyps = [h.text for h in rec.recognize_features(feats)]
-    elapsed = time.perf_counter() - t0
+    configs = {
+        "greedy": DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0, batch_size=8),
+        f"beam {a.beam_size}": DecodeConfig(beam_size=a.beam_size, batch_size=8),
+    }
+    feats = None
+    decodes, seconds = {}, {}
+    for name, config in configs.items():
+        rec = Recognizer(a.model_dir, config, threads=a.threads)
+        feats = feats or [rec.features(load_audio(u.audio)) for u in utts]
+        t0 = time.perf_counter()
+        decodes[name] = [h.text for h in rec.recognize_features(feats)]
+        seconds[name] = round(time.perf_counter() - t0, 1)
     refs, langs = [u.text for u in utts], [u.lang for u in utts]
     print(f"model {a.model_dir}, data {a.data}: {len(utts)} utterances, {sum(u.duration for u in utts) / 60:.1f} min, "
-          f"beam {a.beam_size}, batch 8, {a.threads} threads, decode time {elapsed:.1f} s\n")  # fmt: skip
-    everything = {"all": list(range(len(utts)))}
-    print(_table("set", everything, refs, hyps, langs) + "\n")
-    keys = {
-        "condition": lambda u: str(u.extra.get("condition")),
-        "noise": lambda u: str(u.extra.get("noise")),
-        "voice": lambda u: str(u.extra.get("voice", "")).split("+")[0],
-        "variant": lambda u: (str(u.extra.get("voice", "")).split("+") + ["(none)"])[1],
-    }
-    for key, of in keys.items():
-        groups = defaultdict(list)
-        for i, u in enumerate(utts):
-            groups[of(u)].append(i)
-        print(_table(key, groups, refs, hyps, langs) + "\n")
+          f"batch 8, {a.threads} threads, decode time {seconds}\n")  # fmt: skip
+    tables = breakdown(utts, refs, langs, decodes)
+    for name, table in tables.items():
+        print(markdown(name, table, list(decodes)) + "\n")
+    result = {"model": str(a.model_dir), "data": str(a.data), "decode_seconds": seconds, "tables": tables}
     if a.sherpa:
-        greedy = Recognizer(a.model_dir, DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0, batch_size=8), threads=a.threads)
-        ours = [h.text for h in greedy.recognize_features(feats)]
-        bad, truncated = sherpa_mismatches(a.model_dir, utts, ours)
+        bad, truncated = sherpa_mismatches(a.model_dir, utts, decodes["greedy"])
+        result["sherpa"] = {"identical": len(utts) - bad - truncated, "capped": truncated, "different": bad}
         print(f"sherpa-onnx greedy vs optimize greedy: {len(utts) - bad - truncated}/{len(utts)} identical, "
               f"{truncated} cut short by sherpa's 8-tokens-per-second cap (a prefix of ours), {bad} different")
+    if a.json:
+        result["hyps"] = {str(u.extra.get("id", u.audio.name)): dict(zip(decodes, h)) for u, *h in zip(utts, *decodes.values())}
+        tmp = a.json.with_name(a.json.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+        tmp.replace(a.json)
 
 
 if __name__ == "__main__":

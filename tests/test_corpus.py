@@ -76,6 +76,7 @@ def test_espeak_reads_every_character_as_mandarin():
 def test_held_out_conditions_stay_out_of_training_splits():
     heldout_voices = set(synth.HELDOUT_EN_VOICES)
     heldout_variants = set(synth.HELDOUT_VARIANTS)
+    assert not heldout_variants & set(synth.VARIANTS)
     for split in ("train", "dev", "calib"):
         for index in range(300):
             plan, _ = synth.plan_utterance(split, 1, index)
@@ -83,12 +84,50 @@ def test_held_out_conditions_stay_out_of_training_splits():
             assert plan.condition == "seen"
             assert base not in heldout_voices and variant not in heldout_variants
             assert plan.noise in synth.NOISES
-    plans = [synth.plan_utterance("eval", 1, i)[0] for i in range(400)]
+    plans = [synth.plan_utterance("eval", 1, i)[0] for i in range(440)]
     unseen_voice = [p for p in plans if p.condition == "unseen_voice"]
     assert {p.voice.partition("+")[2] for p in unseen_voice} <= heldout_variants
     assert any(p.voice.startswith(synth.HELDOUT_EN_VOICES[0]) for p in unseen_voice)
     assert {p.noise for p in plans if p.condition == "unseen_noise"} == set(synth.HELDOUT_NOISES)
     assert {p.lang for p in plans} == {"zh", "en"}
+
+
+def test_training_plans_cover_the_recording_conditions():
+    """Train draws every factor: 110-240 wpm, 1-20 s, rooms, telephone, hum, 5 dB SNR, levels, most variants."""
+    plans = [synth.plan_utterance("train", 1, i)[0] for i in range(1500)]
+    rates = [p.rate for p in plans]
+    assert min(rates) <= 115 and max(rates) >= 235
+    assert min(p.snr_db for p in plans if p.snr_db is not None) < 6
+    assert {p.channel for p in plans} == set(synth.CHANNELS) and {p.noise for p in plans} == set(synth.NOISES)
+    rt60 = [p.rt60 for p in plans if p.rt60 is not None]
+    assert 0.2 < len(rt60) / len(plans) < 0.4 and min(rt60) < 0.3 and max(rt60) > 0.8
+    assert {p.hum_hz for p in plans} == {None, 50, 60} and any(p.level_changes for p in plans)
+    assert min(p.peak for p in plans) < 0.1 and max(p.peak for p in plans) > 0.8
+    single = sum(p.target_s == 0 for p in plans) / len(plans)
+    assert 0.2 < single < 0.4 and max(p.target_s for p in plans) > 18
+    assert len({p.voice.partition("+")[2] for p in plans}) >= 0.9 * len(synth.VARIANTS)
+    assert 0.45 < sum(p.lang == "zh" for p in plans) / len(plans) < 0.55
+
+
+def test_eval_conditions_isolate_one_factor():
+    plans = [synth.plan_utterance("eval", 3, i)[0] for i in range(11 * 30)]
+    by = {c: [p for p in plans if p.condition == c] for c in synth.EVAL_CONDITIONS}
+    assert all(len(v) == 30 for v in by.values())
+    for condition, group in by.items():
+        if condition == "combined":
+            continue
+        assert all((p.rt60 is not None) == (condition == "reverb") for p in group)
+        assert all((p.channel == "telephone") == (condition == "telephone") and p.channel != "lowpass" for p in group)
+        assert all((p.hum_hz is not None) == (condition == "hum") for p in group)
+        assert all(p.level_changes == (condition == "level") for p in group)
+        low = [p for p in group if p.snr_db is not None and p.snr_db < 15]
+        assert bool(low) == (condition in ("low_snr", "unseen_noise")), condition
+        if condition not in ("fast", "slow"):
+            assert all(synth.BASE_RATE_WPM[0] <= p.rate <= synth.BASE_RATE_WPM[1] for p in group)
+    assert all(p.rate >= 200 for p in by["fast"]) and all(p.rate <= 135 for p in by["slow"])
+    assert all(p.noise != "none" and p.snr_db <= 8 for p in by["low_snr"])
+    assert all(p.peak < 0.1 for p in by["level"])
+    assert len({(p.rt60 is not None, p.channel, p.hum_hz is not None) for p in by["combined"]}) > 3
 
 
 def test_unknown_split_is_an_error():
@@ -109,13 +148,46 @@ def test_noise_is_seeded_with_unit_rms():
     assert low["white"] < 0.1 and 0.5 < low["pink"] < 0.9 and low["brown"] > 0.95
 
 
+def test_room_channel_and_hum_filters():
+    h = synth.room_impulse_response(0.6, seed=7)
+    assert np.array_equal(h, synth.room_impulse_response(0.6, seed=7))
+    assert len(h) == int(0.6 * 16000) and abs(np.sum(h**2) - 1.0) < 1e-9 and np.argmax(np.abs(h)) == 0
+    energy = np.cumsum(h[::-1] ** 2)[::-1]  # Schroeder backward integral: -60 dB near RT60
+    assert energy[int(0.3 * 16000)] / energy[1] < 10 ** (-2.0)
+    white = synth.noise("white", 32000, 1)
+    power = {c: np.abs(np.fft.rfft(synth.channel_filter(white, c))) ** 2 for c in synth.CHANNELS}
+    hz = np.fft.rfftfreq(32000, 1 / 16000)
+    share = lambda p, lo, hi: p[(hz >= lo) & (hz < hi)].sum() / p.sum()  # noqa: E731
+    assert share(power["wide"], 4000, 8000) > 0.45
+    assert share(power["telephone"], 3800, 8000) < 0.01 and share(power["telephone"], 0, 200) < 0.01
+    assert share(power["lowpass"], 5000, 8000) < 0.01 and share(power["lowpass"], 0, 3000) > 0.7
+    x = synth.hum(16000, 50, seed=3)
+    spectrum = np.abs(np.fft.rfft(x))
+    assert abs(np.sqrt(np.mean(x**2)) - 1) < 1e-9 and np.argmax(spectrum) in (50, 150, 250)
+    assert spectrum[[50 * k for k in range(2, 20, 2)]].max() < 1e-6 * spectrum.max()  # odd harmonics only
+
+
 @needs_espeak
 def test_synthesis_is_deterministic():
     a = synth.synthesize("eval", 11, 3)
     b = synth.synthesize("eval", 11, 3)
     assert a.pcm.dtype == np.int16 and a.pcm.ndim == 1
     assert np.array_equal(a.pcm, b.pcm) and a.text == b.text and a.sha256 == b.sha256
-    assert 1.0 <= a.duration <= 4.5
+    assert 0.8 <= a.duration <= synth.MAX_SPEECH_S + 2 * synth.PAD_S[1]
+
+
+@needs_espeak
+def test_several_sentences_with_pauses_and_levels():
+    """A planned multi-sentence utterance joins its sentences' texts and is as long as planned."""
+    index = next(i for i in range(100) if synth.plan_utterance("train", 9, i)[0].target_s > 12
+                 and synth.plan_utterance("train", 9, i)[0].level_changes)  # fmt: skip
+    r = synth.synthesize("train", 9, index)
+    assert r.sentences >= 3 and 12 <= r.duration <= synth.MAX_SPEECH_S + 2 * synth.PAD_S[1]
+    sep = "" if r.plan.lang == "zh" else " "
+    assert sep == "" or "  " not in r.text
+    assert r.text.count(sep) >= r.sentences - 1 if sep else len(r.text) >= 4 * r.sentences
+    pcm = r.pcm.astype(np.float64)
+    assert np.abs(pcm).max() == pytest.approx(r.plan.peak * 32767, rel=0.02)
 
 
 # ---- writing and verifying splits ----------------------------------------------------------------
@@ -181,8 +253,10 @@ def test_committed_sets_are_large_enough():
     if not (EVAL_DIR / "manifest.jsonl").is_file():
         pytest.skip("calibration/eval is not generated yet")
     utts = read_manifest(EVAL_DIR)
-    assert len(utts) >= 300 and sum(u.duration for u in utts) >= 15 * 60
-    assert {u.extra["condition"] for u in utts} == {"seen", "unseen_voice", "unseen_noise"}
+    assert len(utts) >= 200 and sum(u.duration for u in utts) >= 25 * 60
+    assert {u.extra["condition"] for u in utts} == set(synth.EVAL_CONDITIONS)
+    durations = [u.duration for u in utts]
+    assert min(durations) < 3 and max(durations) > 17 and sum(d >= 12 for d in durations) >= 40
     assert len(read_manifest(REPO / "calibration" / "calib")) >= 32
 
 

@@ -24,7 +24,7 @@ from optimize.corpus.manifest import MANIFEST_NAME
 from optimize.errors import OptimizeError
 
 CORPUS_JSON = "corpus.json"
-CORPUS_VERSION = 1  # bump when a change to sentences.py or synth.py changes generated audio or text
+CORPUS_VERSION = 2  # bump when a change to sentences.py or synth.py changes generated audio or text
 
 # soundfile (format, subtype) per --format; Vorbis quality is set separately (see _write_audio).
 FORMATS = {"flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "wav": ("WAV", "PCM_16")}
@@ -67,6 +67,13 @@ def manifest_row(rendered: synth.Rendered, audio: str) -> dict:
         "condition": plan.condition,
         "rate": plan.rate,
         "pitch": plan.pitch,
+        "sentences": rendered.sentences,
+        "level_changes": plan.level_changes,
+        "rt60": plan.rt60,
+        "channel": plan.channel,
+        "hum_hz": plan.hum_hz,
+        "hum_db": plan.hum_db,
+        "peak": plan.peak,
     }
 
 

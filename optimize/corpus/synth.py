@@ -1,15 +1,23 @@
-"""Synthesize corpus utterances with espeak-ng: voices, variants, rate, pitch, noise, all from a seed.
+"""Synthesize corpus utterances with espeak-ng under recording conditions, all from a seed.
 
 An utterance is a pure function of (split, seed, index): `plan_utterance` draws every choice from
 `numpy.random.default_rng([SPLIT_CODES[split], seed, index])` and `synthesize` renders it to 16 kHz
 mono int16 PCM. The manifest stores the sha256 of that PCM, so a split can be regenerated and checked
 even when the committed audio is a lossy container. Bit-exact regeneration needs the same espeak-ng
-build (its version is recorded in `corpus.json`); the noise filters are IIR recurrences rather than
-FFTs so that float rounding does not depend on SIMD code paths.
+build (its version is recorded in `corpus.json`) and the same numpy/scipy FFT (the room impulse
+response is applied by FFT convolution).
 
-Conditions: train/dev/calib use only the SEEN voices, variants and noises. eval mixes "seen" with
-"unseen_voice" (held-out variants, plus a held-out English accent) and "unseen_noise" (babble), so
-the report can show accuracy per condition.
+An utterance is 1 to ~20 s: one sentence, or several sentences in one language with a pause between
+them, each possibly at its own level. The recording chain after the voice: room reverberation
+(synthetic impulse response), channel (full band, telephone band, or a cheap low-pass microphone),
+mains hum, additive noise down to 5 dB SNR, and the overall level.
+
+Conditions: train/dev/calib draw every factor at random from the SEEN voices, variants and noises.
+Eval utterance i gets condition EVAL_CONDITIONS[i % len]: each condition isolates one factor on a
+mild base recording (seen voice, rate 140-190, light or no noise) so the report can show accuracy per
+condition; "combined" draws everything like train, "unseen_voice" uses held-out variants and
+English accent, "unseen_noise" held-out babble noise. Every utterance also records its length, so
+reports can split by length bucket.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import subprocess
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter, resample_poly
+from scipy.signal import butter, fftconvolve, lfilter, resample_poly, sosfilt
 
 from optimize.corpus import sentences
 from optimize.errors import OptimizeError
@@ -33,23 +41,50 @@ SPLIT_CODES = {"train": 1, "dev": 2, "eval": 3, "calib": 4}  # first word of the
 # so most characters come out as English syllables; `cmn-latn-pinyin` reads them as Mandarin.
 ZH_VOICE = "cmn-latn-pinyin"
 EN_VOICES = ("en-us", "en", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc", "en-gb-x-gbclan")
-VARIANTS = ("", "m1", "m2", "m3", "m4", "f1", "f2", "f3", "f4", "klatt", "klatt2")  # `espeak-ng --voices=variant`
+# `espeak-ng --voices=variant` of espeak-ng 1.51 ("" = the voice's own), minus HELDOUT_VARIANTS.
+VARIANTS = (
+    "", "adam", "Alex", "Alicia", "Andrea", "Annie", "antonio", "aunty", "benjamin", "boris", "caleb",
+    "david", "Demonic", "Denis", "Diogo", "ed", "edward", "edward2", "Gene", "Gene2", "gustave", "announcer",
+    "Henrique", "Hugo", "iven", "iven2", "iven3", "iven4", "Jacky", "john", "kaukovalta", "Lee", "linda",
+    "marcelo", "Marco", "Mario", "max", "Michael", "michel", "miguel", "Mike", "Mr", "Nguyen", "pablo",
+    "paul", "pedro", "quincy", "RicishayMax", "RicishayMax2", "RicishayMax3", "rob", "robert", "robosoft",
+    "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8", "steph",
+    "steph2", "steph3", "Storm", "Tweaky", "UniRobot", "zac", "anika", "anikaRobot", "AnxiousAndy", "fast",
+    "f1", "f2", "f3", "f4", "whisperf", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "m1", "m2", "m3",
+    "m4", "m5", "m7", "m8", "norbert", "sandro", "shelby", "travis", "victor", "whisper", "croak", "grandma",
+)  # fmt: skip
 NOISES = ("none", "white", "pink", "brown")
-SNRS_DB = (20, 15, 10)
+CHANNELS = ("wide", "telephone", "lowpass")
 
 # Held out of train/dev/calib; only eval uses them.
 HELDOUT_EN_VOICES = ("en-gb-x-gbcwmd",)
-HELDOUT_VARIANTS = ("f5", "m6")
+HELDOUT_VARIANTS = ("f5", "m6", "Andy", "belinda", "grandpa", "klatt6")
 HELDOUT_NOISES = ("babble",)
 
-EVAL_CONDITIONS = ("seen", "seen", "unseen_voice", "unseen_noise")  # eval utterance i gets [i % 4]
+EVAL_CONDITIONS = ("base", "fast", "slow", "reverb", "telephone", "hum", "low_snr", "level",
+                   "unseen_voice", "unseen_noise", "combined")  # eval utterance i gets [i % 11]
 
-RATE_WPM = (140, 190)  # espeak -s; its default is 175
-PITCH = (30, 70)  # espeak -p, 0-99; default 50
-PEAK = (0.3, 0.9)  # speech peak after scaling, of int16 full scale
-PAD_S = (0.1, 0.3)  # silence before and after the speech, each drawn separately
-SPEECH_S = (0.6, 3.6)  # accepted speech length; with padding utterances are ~1-4 s
+RATE_WPM = (110, 240)  # espeak -s over the whole corpus; its default is 175
+BASE_RATE_WPM = (140, 190)  # eval conditions other than fast/slow
+FAST_WPM, SLOW_WPM = (200, 240), (110, 135)
+PITCH = (25, 75)  # espeak -p, 0-99; default 50
+PEAK = (0.05, 0.9)  # speech peak after scaling, of int16 full scale
+QUIET_PEAK = (0.02, 0.08)  # "level": a quiet recording
+SENTENCE_GAIN_DB = (-12.0, 0.0)  # "level": each sentence at its own level (talker moves, turns away)
+PAD_S = (0.1, 0.4)  # silence before and after the speech, each drawn separately
+PAUSE_S = (0.15, 1.0)  # silence between sentences
+SNR_DB = (5.0, 25.0)  # additive noise over the whole corpus
+BASE_SNR_DB = (15.0, 25.0)
+LOW_SNR_DB = (5.0, 8.0)
+RT60_S = (0.2, 0.9)  # reverberation time of the synthetic room
+HUM_DB = (-30.0, -10.0)  # hum power relative to the speech power
+MAX_SPEECH_S = 19.0  # speech (without pads) of the longest utterance
+SINGLE = 0.3  # share of one-sentence utterances (the old corpus: one sentence, 0.6-3.6 s)
 ZH_FRACTION = 0.5
+
+# Training/calibration draws each factor independently with these probabilities.
+P_REVERB, P_HUM, P_LEVEL = 0.3, 0.15, 0.25
+P_CHANNEL = {"wide": 0.7, "telephone": 0.2, "lowpass": 0.1}
 
 
 @dataclass(frozen=True)
@@ -57,17 +92,23 @@ class UtterancePlan:
     """Everything needed to render one utterance; drawn by `plan_utterance`."""
 
     id: str  # "<split>-<index:06d>", also the audio file stem
-    condition: str  # "seen" | "unseen_voice" | "unseen_noise"
+    condition: str  # "seen" (train/dev/calib) or one of EVAL_CONDITIONS
     lang: str  # "zh" | "en"
     voice: str  # espeak-ng -v argument, "<voice>[+<variant>]"
     rate: int  # espeak-ng -s, words per minute
     pitch: int  # espeak-ng -p
-    peak: float  # speech peak, fraction of int16 full scale
+    peak: float  # loudest sentence's peak, fraction of int16 full scale
     pad_before: float  # seconds of silence (plus noise) before the speech
     pad_after: float
+    target_s: float  # speech length to reach by adding sentences (0: one sentence)
+    level_changes: bool  # each sentence at its own gain in SENTENCE_GAIN_DB
+    rt60: float | None  # reverberation time of the room (None: dry)
+    channel: str  # one of CHANNELS
+    hum_hz: int | None  # 50 or 60 Hz mains hum (None: no hum)
+    hum_db: float | None  # hum power over speech power
     noise: str  # one of NOISES or HELDOUT_NOISES
     snr_db: float | None  # None when noise == "none"
-    noise_seed: int  # seeds the noise generator, so the noise does not shift when the text changes
+    noise_seed: int  # seeds noise, room and pauses, so they do not shift when the text changes
 
 
 @dataclass(frozen=True)
@@ -75,8 +116,9 @@ class Rendered:
     """A synthesized utterance: the text actually spoken and its PCM."""
 
     plan: UtterancePlan
-    text: str
+    text: str  # the sentences joined (English with a space, Mandarin without)
     pcm: np.ndarray  # shape = (n_samples,), int16, 16 kHz mono
+    sentences: int  # number of sentences spoken
 
     @property
     def duration(self) -> float:
@@ -87,14 +129,16 @@ class Rendered:
         return hashlib.sha256(self.pcm.astype("<i2").tobytes()).hexdigest()
 
 
+def _pick(rng: np.random.Generator, items) -> str:
+    return items[int(rng.integers(len(items)))]
+
+
 def _voice(rng: np.random.Generator, lang: str, unseen: bool) -> str:
-    variants = HELDOUT_VARIANTS if unseen else VARIANTS
-    variant = variants[int(rng.integers(len(variants)))]
+    variant = _pick(rng, HELDOUT_VARIANTS if unseen else VARIANTS)
     if lang == "zh":
         base = ZH_VOICE
     else:
-        voices = EN_VOICES + HELDOUT_EN_VOICES if unseen else EN_VOICES
-        base = voices[int(rng.integers(len(voices)))]
+        base = _pick(rng, EN_VOICES + HELDOUT_EN_VOICES if unseen else EN_VOICES)
     return f"{base}+{variant}" if variant else base
 
 
@@ -108,24 +152,55 @@ def utterance_rng(split: str, seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([SPLIT_CODES[split], seed, index])
 
 
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float], digits: int = 1) -> float:
+    return round(float(rng.uniform(*bounds)), digits)
+
+
 def plan_utterance(split: str, seed: int, index: int) -> tuple[UtterancePlan, np.random.Generator]:
-    """Draw the acoustic conditions of one utterance; the returned generator then draws its text."""
+    """Draw the conditions of one utterance; the returned generator then draws its text."""
     rng = utterance_rng(split, seed, index)
     condition = condition_of(split, index)
     lang = "zh" if rng.random() < ZH_FRACTION else "en"
-    noise_kind = HELDOUT_NOISES[0] if condition == "unseen_noise" else NOISES[int(rng.integers(len(NOISES)))]
+    # Every factor is drawn (so the generator advances the same way), then the condition decides.
+    voice = _voice(rng, lang, unseen=condition == "unseen_voice")
+    rate = int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1))
+    target_s = 0.0 if rng.random() < SINGLE else _uniform(rng, (2.0, MAX_SPEECH_S))
+    reverb, hum, level = rng.random() < P_REVERB, rng.random() < P_HUM, rng.random() < P_LEVEL
+    channel = str(rng.choice(CHANNELS, p=[P_CHANNEL[c] for c in CHANNELS]))
+    noise_kind = _pick(rng, NOISES)
+    snr_db = _uniform(rng, SNR_DB)
+    peak = _uniform(rng, PEAK, 4)
+    rt60 = _uniform(rng, RT60_S, 2)
+    hum_hz, hum_db = int(rng.choice((50, 60))), _uniform(rng, HUM_DB)
+    if condition not in ("seen", "combined"):  # one factor on a mild base recording
+        rate = {"fast": FAST_WPM, "slow": SLOW_WPM}.get(condition, BASE_RATE_WPM)
+        rate = int(rng.integers(rate[0], rate[1] + 1))
+        reverb, hum, level = condition == "reverb", condition == "hum", condition == "level"
+        channel = "telephone" if condition == "telephone" else "wide"
+        snr_db = _uniform(rng, LOW_SNR_DB if condition == "low_snr" else BASE_SNR_DB)
+        if condition == "unseen_noise":
+            noise_kind, snr_db = HELDOUT_NOISES[0], _uniform(rng, SNR_DB)
+        elif condition == "low_snr":
+            noise_kind = _pick(rng, NOISES[1:])
+        peak = _uniform(rng, QUIET_PEAK if level else (0.3, 0.9), 4)
     plan = UtterancePlan(
         id=f"{split}-{index:06d}",
         condition=condition,
         lang=lang,
-        voice=_voice(rng, lang, unseen=condition == "unseen_voice"),
-        rate=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
+        voice=voice,
+        rate=rate,
         pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
-        peak=round(float(rng.uniform(*PEAK)), 4),
-        pad_before=round(float(rng.uniform(*PAD_S)), 3),
-        pad_after=round(float(rng.uniform(*PAD_S)), 3),
+        peak=peak,
+        pad_before=_uniform(rng, PAD_S, 3),
+        pad_after=_uniform(rng, PAD_S, 3),
+        target_s=target_s,
+        level_changes=level,
+        rt60=rt60 if reverb else None,
+        channel=channel,
+        hum_hz=hum_hz if hum else None,
+        hum_db=hum_db if hum else None,
         noise=noise_kind,
-        snr_db=None if noise_kind == "none" else float(SNRS_DB[int(rng.integers(len(SNRS_DB)))]),
+        snr_db=None if noise_kind == "none" else snr_db,
         noise_seed=int(rng.integers(2**31)),
     )
     return plan, rng
@@ -155,10 +230,10 @@ def _trim(x: np.ndarray, rel: float = 0.01) -> np.ndarray:
     return x[loud[0]:loud[-1] + 1] if len(loud) else x
 
 
-def _speech(text: str, plan: UtterancePlan) -> np.ndarray:
-    """Trimmed speech at 16 kHz, scaled to the planned peak. shape = (n,), float64."""
+def _sentence_audio(text: str, plan: UtterancePlan) -> np.ndarray:
+    """One trimmed sentence at 16 kHz with unit peak. shape = (n,), float64."""
     x = resample_poly(_trim(espeak(text, plan.voice, plan.rate, plan.pitch)), 320, 441)
-    return x * (plan.peak / max(np.abs(x).max(), 1e-9))
+    return x / max(np.abs(x).max(), 1e-9)
 
 
 # Pink-noise IIR approximation (-3 dB/octave within ~0.3 dB), from J. O. Smith, "Spectral Audio
@@ -200,27 +275,105 @@ def noise(kind: str, n: int, seed: int) -> np.ndarray:
     return x / max(np.sqrt(np.mean(x**2)), 1e-12)
 
 
-def _mix(speech: np.ndarray, plan: UtterancePlan) -> np.ndarray:
-    """Pad the speech and add noise at the planned SNR (speech power over the speech span)."""
+def room_impulse_response(rt60: float, seed: int) -> np.ndarray:
+    """A synthetic room: direct path, then exponentially decaying noise (-60 dB after `rt60` s).
+
+    Early reflections start 2-8 ms after the direct sound; the tail is low-passed so high
+    frequencies die faster, as in real rooms. Unit energy. shape = (n,), float64.
+    """
+    rng = np.random.default_rng([seed, 1])
+    n = int(rt60 * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    tail = rng.standard_normal(n) * np.exp(-6.9078 * t / rt60)  # ln(1000): 60 dB of amplitude
+    tail = lfilter([0.6], [1.0, -0.4], tail)
+    delay = int(rng.uniform(0.002, 0.008) * SAMPLE_RATE)
+    tail[:delay] = 0.0
+    drr = 10 ** (rng.uniform(-3.0, 6.0) / 10)  # direct-to-reverberant energy ratio
+    h = tail / np.sqrt(np.sum(tail**2)) / np.sqrt(drr)
+    h[0] = 1.0
+    return h / np.sqrt(np.sum(h**2))
+
+
+def channel_filter(x: np.ndarray, channel: str) -> np.ndarray:
+    """Band-limit like the recording channel: telephone = 300-3400 Hz through an 8 kHz codec rate,
+    lowpass = a cheap microphone's roll-off above 3.5 kHz; wide is untouched."""
+    if channel == "wide":
+        return x
+    if channel == "telephone":
+        x = resample_poly(x, 1, 2)  # 8 kHz, its anti-alias filter cuts at 4 kHz
+        x = sosfilt(butter(4, (300, 3400), "bandpass", fs=SAMPLE_RATE // 2, output="sos"), x)
+        return resample_poly(x, 2, 1)[: len(x) * 2]
+    if channel == "lowpass":
+        return sosfilt(butter(6, 3500, "lowpass", fs=SAMPLE_RATE, output="sos"), x)
+    raise OptimizeError(f"unknown channel {channel!r}", f"use one of {', '.join(CHANNELS)}")
+
+
+def hum(n: int, hz: int, seed: int) -> np.ndarray:
+    """Mains hum: the fundamental and its odd harmonics up to 1 kHz. Unit RMS. shape = (n,)."""
+    rng = np.random.default_rng([seed, 2])
+    t = np.arange(n) / SAMPLE_RATE
+    x = np.zeros(n)
+    for k in range(1, 1000 // hz + 1, 2):
+        x += rng.uniform(0.1, 1.0) / k * np.sin(2 * np.pi * hz * k * t + rng.uniform(0, 2 * np.pi))
+    return x / max(np.sqrt(np.mean(x**2)), 1e-12)
+
+
+def _record(parts: list[np.ndarray], gains: list[float], pauses: list[int], plan: UtterancePlan) -> np.ndarray:
+    """Sentences with pauses and levels, through room, channel, hum and noise, to int16 PCM."""
+    speech = [parts[0] * gains[0]]
+    for part, gain, pause in zip(parts[1:], gains[1:], pauses):
+        speech += [np.zeros(pause), part * gain]
+    speech = np.concatenate(speech)
     before = int(round(plan.pad_before * SAMPLE_RATE))
     after = int(round(plan.pad_after * SAMPLE_RATE))
     x = np.concatenate([np.zeros(before), speech, np.zeros(after)])
+    span = slice(before, before + len(speech))
+    if plan.rt60 is not None:
+        x = fftconvolve(x, room_impulse_response(plan.rt60, plan.noise_seed))[: len(x)]
+    x = channel_filter(x, plan.channel)
+    power = np.mean(x[span] ** 2)  # speech power as recorded, over the speech span
+    x = x * np.sqrt(0.5 / max(power, 1e-12))  # unit-ish scale before adding the rest
+    power = np.mean(x[span] ** 2)
+    if plan.hum_hz is not None:
+        x = x + hum(len(x), plan.hum_hz, plan.noise_seed) * np.sqrt(power * 10 ** (plan.hum_db / 10))
     if plan.noise != "none":
-        speech_rms = np.sqrt(np.mean(speech**2))
-        x = x + noise(plan.noise, len(x), plan.noise_seed) * speech_rms * 10 ** (-plan.snr_db / 20)
+        x = x + noise(plan.noise, len(x), plan.noise_seed) * np.sqrt(power * 10 ** (-plan.snr_db / 10))
+    x = x * (plan.peak / max(np.abs(x[span]).max(), 1e-9))
     return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
 
 
 def synthesize(split: str, seed: int, index: int) -> Rendered:
     """Render utterance `index` of (split, seed). Same arguments, same PCM, on the same espeak-ng."""
     plan, rng = plan_utterance(split, seed, index)
-    # Redraw the text (only) until the speech length fits; the generator makes the retries reproducible.
-    for _ in range(50):
+    extra = np.random.default_rng([plan.noise_seed, 3])  # pauses and levels
+    texts: list[str] = []
+    parts: list[np.ndarray] = []
+    pauses: list[int] = []
+    length = 0.0
+    # Redraw a sentence (text only) while it does not fit; the generator makes retries reproducible.
+    for _ in range(60):
         text = sentences.sentence(rng, plan.lang)
-        speech = _speech(text, plan)
-        if SPEECH_S[0] <= len(speech) / SAMPLE_RATE <= SPEECH_S[1]:
-            return Rendered(plan, text, _mix(speech, plan))
-    raise AssertionError(f"{plan.id}: no sentence of {SPEECH_S} s in 50 draws at rate {plan.rate}")
+        part = _sentence_audio(text, plan)
+        seconds = len(part) / SAMPLE_RATE
+        pause = int(extra.uniform(*PAUSE_S) * SAMPLE_RATE) if parts else 0
+        if plan.target_s == 0.0 and not 0.6 <= seconds <= 8.0:
+            continue
+        if length + pause / SAMPLE_RATE + seconds > MAX_SPEECH_S:
+            if parts:
+                break
+            continue
+        texts.append(text)
+        parts.append(part)
+        if parts[1:]:
+            pauses.append(pause)
+        length += pause / SAMPLE_RATE + seconds
+        if length >= plan.target_s:
+            break
+    if not parts:
+        raise AssertionError(f"{plan.id}: no sentence fits at rate {plan.rate}")
+    gains = [10 ** (extra.uniform(*SENTENCE_GAIN_DB) / 20) if plan.level_changes else 1.0 for _ in parts]
+    joined = ("" if plan.lang == "zh" else " ").join(texts)
+    return Rendered(plan, joined, _record(parts, gains, pauses, plan), len(parts))
 
 
 def espeak_version() -> str:

@@ -219,7 +219,7 @@ def _normalize(feats: list[np.ndarray], mean, inv_std) -> list[np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = TrainConfig(max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
+    cfg = TrainConfig(max_minutes=args.max_minutes, seed=args.seed, threads=args.threads, eval_every=args.eval_every,
         init_step=args.init_step if args.init else 0, anneal=tuple(args.anneal) if args.anneal else None,
     )  # fmt: skip
     torch.set_num_threads(cfg.threads)
@@ -230,7 +230,8 @@ def run(args: argparse.Namespace) -> None:
     tokens = read_dict(lang / "dict.txt")
     train_raw, train_ids, _ = load_split(Path(args.train), tokenizer, out / "train_feats.npz")
     dev_raw, dev_ids, _ = load_split(Path(args.dev), tokenizer, out / "dev_feats.npz")
-    stats = cmvn_stats(train_raw)
+    # Continuing from a saved model keeps the normalization it learned with (its cmvn.ark).
+    stats = load_checkpoint(Path(args.init)).cmvn_stats if args.init else cmvn_stats(train_raw)
     mean, inv_std = cmvn_from_stats(stats)
     train, dev = _normalize(train_raw, mean, inv_std), _normalize(dev_raw, mean, inv_std)
     dims = AedDims(
@@ -247,6 +248,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"initialized from {args.init}; schedule resumes at step {trainer.step}", flush=True)
     start = time.time()
     log = open(out / "train.log", "a")
+    if args.init and trainer.best == float("inf"):  # the starting point on this dev set, and the best so far
+        _evaluate_and_save(trainer, dev, dev_ids, stats, tokens, out, log, 0.0)
     lengths = [len(f) for f in train]
     while (time.time() - start) / 60 < cfg.max_minutes:
         rng = np.random.default_rng(cfg.seed + trainer.epoch)
@@ -287,6 +290,7 @@ def main() -> None:
     p.add_argument("--out", required=True, help="work directory: feature caches, last.pt, best/ (official checkpoint)")
     p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="steps between dev scoring and checkpoints")
     p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch intra-op threads")
     p.add_argument("--anneal", type=int, nargs=2, metavar=("FROM", "TO"), help="final phase: the learning rate falls linearly to 0 from step FROM to step TO")
     p.add_argument("--init", help="start from this official-format checkpoint dir (e.g. a published model) instead of random weights")
