@@ -80,3 +80,23 @@ def test_anneal_falls_linearly_to_zero():
     assert trainer.lr() == pytest.approx(cfg.peak_lr * (cfg.warmup_steps / 6500) ** 0.5 * 0.5)
     trainer.step = 7000
     assert trainer.lr() == 0.0
+
+
+def test_best_checkpoint_keeps_the_ctc_head_under_v2_keys(tmp_path):
+    """Dev scoring saves the official checkpoint and, beside it, the CTC head as FireRedASR2 names it."""
+    import io
+
+    from optimize.export.train import CTC_HEAD_FILE, _evaluate_and_save
+
+    feats, ids = toy_batch()
+    trainer = Trainer(TrainConfig(), DIMS)
+    stats = np.stack([np.r_[np.zeros(80), 10.0], np.r_[np.full(80, 10.0), 0.0]])
+    tokens = tuple(f"t{i}" for i in range(DIMS.odim))
+    log = io.StringIO()
+    _evaluate_and_save(trainer, feats, ids, stats, tokens, tmp_path, log, 0.0)
+    head = torch.load(tmp_path / "best" / CTC_HEAD_FILE)
+    assert set(head) == {"ctc.ctc_lo.weight", "ctc.ctc_lo.bias"}
+    torch.testing.assert_close(head["ctc.ctc_lo.weight"], trainer.ctc.weight.detach())
+    assert head["ctc.ctc_lo.weight"].shape == (DIMS.odim, DIMS.d_model)
+    assert load_checkpoint(tmp_path / "best").dims == DIMS and (tmp_path / "last.pt").is_file()
+    assert '"dev_token_error"' in log.getvalue()

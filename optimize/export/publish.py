@@ -24,9 +24,11 @@ from optimize.export.checkpoint import load_checkpoint, save_checkpoint
 from optimize.export.exporter import export_checkpoint
 
 HOW = (
-    "python -m optimize.corpus synth (train seed 1, 12000 utts; dev seed 2, 200 utts); "
-    "python -m optimize.corpus tokenizer; python -m optimize.export.train; "
-    "python -m optimize.export.publish; see calibration/README.md and artifacts/README.md (artifacts/reproduce.sh)"
+    "phases 1-2 (commit afe3aa0): python -m optimize.corpus synth (corpus_version 1: train seed 1, 12000 utts; "
+    "dev seed 2, 200 utts), python -m optimize.corpus tokenizer, python -m optimize.export.train; phase 3: "
+    "python -m optimize.corpus synth (corpus_version 2, recording conditions: train seed 1, 3451 utts; dev seed 2), "
+    "python -m optimize.export.train --init <phase 2 model>; python -m optimize.export.publish; "
+    "see calibration/README.md and artifacts/README.md (artifacts/reproduce.sh)"
 )
 
 

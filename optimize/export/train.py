@@ -36,6 +36,9 @@ from optimize.runtime.audio import load_audio
 from optimize.runtime.features import apply_cmvn, cmvn_from_stats, cmvn_stats, fbank
 
 
+CTC_HEAD_FILE = "ctc_head.pt"  # beside best/'s official checkpoint: the training CTC head's weights
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     d_model: int = 160  # small enough that model + eval set fit the 40 MB repo budget
@@ -278,6 +281,8 @@ def _evaluate_and_save(trainer: Trainer, dev, dev_ids, stats, tokens, out: Path,
     if err < trainer.best:
         trainer.best = err
         save_checkpoint(out / "best", trainer.model, stats, tokens)
+        # the CTC head under FireRedASR2's keys (ctc.ctc_lo), for publishing in the v2 format
+        torch.save({f"ctc.ctc_lo.{k}": v for k, v in trainer.ctc.state_dict().items()}, out / "best" / CTC_HEAD_FILE)
     torch.save(trainer.state(), out / "last.pt.tmp")
     os.replace(out / "last.pt.tmp", out / "last.pt")
 
