@@ -100,3 +100,26 @@ def test_best_checkpoint_keeps_the_ctc_head_under_v2_keys(tmp_path):
     assert head["ctc.ctc_lo.weight"].shape == (DIMS.odim, DIMS.d_model)
     assert load_checkpoint(tmp_path / "best").dims == DIMS and (tmp_path / "last.pt").is_file()
     assert '"dev_token_error"' in log.getvalue()
+
+
+def test_publish_with_the_ctc_head_writes_firered_asr2(tmp_path):
+    """A best/ with ctc_head.pt is published as FireRedASR2-AED: CTC keys in the checkpoint, a --with-ctc pair."""
+    import io
+    import json
+
+    import onnx
+
+    from optimize.export.publish import publish
+    from optimize.export.train import _evaluate_and_save
+
+    feats, ids = toy_batch()
+    trainer = Trainer(TrainConfig(), DIMS)
+    stats = np.stack([np.r_[np.zeros(80), 10.0], np.r_[np.full(80, 10.0), 0.0]])
+    _evaluate_and_save(trainer, feats, ids, stats, tuple(f"t{i}" for i in range(DIMS.odim)), tmp_path, io.StringIO(), 0.0)
+    out = publish(tmp_path / "best", tmp_path / "published", None, None)
+    ckpt = load_checkpoint(out / "checkpoint")
+    assert ckpt.version == 2
+    torch.testing.assert_close(ckpt.model.ctc.ctc_lo.weight, trainer.ctc.weight.detach().half().float())
+    outputs = [o.name for o in onnx.load(out / "encoder.onnx", load_external_data=False).graph.output]
+    assert len(outputs) == 3
+    assert json.loads((out / "manifest.json").read_text())["format"].startswith("FireRedASR2-AED")

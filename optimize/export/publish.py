@@ -3,10 +3,13 @@
     python -m optimize.export.publish work/train/best artifacts/firered-aed-tiny \
         --lang work/corpus/lang --train-log work/train/train.log
 
-Writes `checkpoint/` (official format; weights stored as float16 to fit the 40 MB
-repository budget, and the ONNX pair is exported from exactly these values), the
-`optimize export` pair beside it, and `manifest.json` with the sha256 and size of
-every file and how it was made.
+Writes `checkpoint/` (official format; weights stored as float16 to fit the repository
+budget, and the ONNX pair is exported from exactly these values), the `optimize export`
+pair beside it, and `manifest.json` with the sha256 and size of
+every file and how it was made. When the checkpoint directory holds training's CTC head
+(`ctc_head.pt`, written by optimize.export.train), the model is published in the
+FireRedASR2-AED format: the checkpoint carries `ctc.ctc_lo` and the pair is exported
+`--with-ctc` (the encoder's third output, the CTC log-probs).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from pathlib import Path
 import torch
 
 from optimize.export.checkpoint import load_checkpoint, save_checkpoint
-from optimize.export.exporter import export_checkpoint
+from optimize.export.exporter import ExportConfig, export_checkpoint
+from optimize.export.model import FireRedAsrAed
+from optimize.export.train import CTC_HEAD_FILE
 
 HOW = (
     "phases 1-2 (commit afe3aa0): python -m optimize.corpus synth (corpus_version 1: train seed 1, 12000 utts; "
@@ -42,19 +47,24 @@ def sha256(path: Path) -> str:
 
 def publish(ckpt_dir: Path, out_dir: Path, lang_dir: Path | None, train_log: Path | None) -> Path:
     ckpt = load_checkpoint(ckpt_dir)
+    model = ckpt.model
+    if (ckpt_dir / CTC_HEAD_FILE).is_file():  # training's CTC head: publish as FireRedASR2-AED
+        model = FireRedAsrAed(ckpt.dims, with_ctc=True)
+        model.load_state_dict(ckpt.model.state_dict() | torch.load(ckpt_dir / CTC_HEAD_FILE, map_location="cpu"))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
         stage = Path(tmp) / out_dir.name
-        save_checkpoint(stage / "checkpoint", ckpt.model, ckpt.cmvn_stats, ckpt.tokens, dtype=torch.float16)
+        save_checkpoint(stage / "checkpoint", model, ckpt.cmvn_stats, ckpt.tokens, dtype=torch.float16)
         if lang_dir is not None:
             shutil.copy(lang_dir / "train_bpe.model", stage / "checkpoint" / "train_bpe.model")
-        export_checkpoint(stage / "checkpoint", stage)
+        export_checkpoint(stage / "checkpoint", stage, ExportConfig(with_ctc=model.ctc is not None))
         files = sorted(p for p in stage.rglob("*") if p.is_file())
         manifest = {
             "model": "firered-aed-tiny",
             "architecture": "FireRedASR AED (conformer encoder + transformer decoder)",
+            "format": "FireRedASR2-AED (CTC head ctc.ctc_lo; exported --with-ctc)" if model.ctc is not None else "FireRedASR-AED",
             "dims": {k: v for k, v in ckpt.dims.__dict__.items()},
-            "parameters": sum(p.numel() for p in ckpt.model.parameters()),
+            "parameters": sum(p.numel() for p in model.parameters()),
             "how": HOW,
             "training_log": [json.loads(line) for line in train_log.read_text().splitlines()] if train_log else [],
             "files": {str(p.relative_to(stage)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files},
