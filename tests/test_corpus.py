@@ -17,7 +17,8 @@ from optimize.corpus.manifest import Utterance, read_manifest
 from optimize.errors import OptimizeError
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL_DIR = REPO / "calibration" / "eval"
+EVAL_DIR = REPO / "calibration" / "eval"  # corpus_version 1: the recipes' eval set (commit afe3aa0 generates it)
+CONDITIONS_DIR = REPO / "calibration" / "conditions"  # corpus_version 2: recording conditions (issue 15)
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -228,6 +229,16 @@ def test_verify_detects_changes(small_split, tmp_path):
     assert len(problems) == 1 and problems[0].startswith("line 3:")
 
 
+def test_verify_names_the_commit_of_an_older_corpus_version(small_split, tmp_path):
+    copy = tmp_path / "dev"
+    shutil.copytree(small_split, copy)
+    info = json.loads((copy / "corpus.json").read_text()) | {"corpus_version": 1}
+    (copy / "corpus.json").write_text(json.dumps(info))
+    with pytest.raises(OptimizeError, match="corpus_version 1, this code writes 2") as e:
+        verify(copy)
+    assert "afe3aa0" in e.value.fix
+
+
 def test_ogg_split_is_readable(tmp_path):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
@@ -237,26 +248,32 @@ def test_ogg_split_is_readable(tmp_path):
         assert rate == 16000 and abs(len(pcm) / rate - utt.duration) < 1e-3
 
 
-def test_committed_eval_set_regenerates():
-    """The first utterances of calibration/eval regenerate bit-exactly from their recorded seed."""
-    if not (EVAL_DIR / "corpus.json").is_file():
-        pytest.skip("calibration/eval is not generated yet")
+@pytest.mark.parametrize("name", ["eval", "calib"])
+def test_committed_conditions_sets_regenerate(name):
+    """The first utterances of the committed corpus_version-2 sets regenerate bit-exactly from their seed."""
+    directory = CONDITIONS_DIR / name
+    if not (directory / "corpus.json").is_file():
+        pytest.skip(f"{directory} is not generated yet")
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    recorded = json.loads((EVAL_DIR / "corpus.json").read_text())["espeak_ng"]
+    recorded = json.loads((directory / "corpus.json").read_text())["espeak_ng"]
     if recorded != synth.espeak_version():
-        pytest.skip(f"eval set was made with {recorded}, this machine has {synth.espeak_version()}")
-    assert verify(EVAL_DIR, count=5) == []
+        pytest.skip(f"{directory} was made with {recorded}, this machine has {synth.espeak_version()}")
+    assert verify(directory, count=3) == []
 
 
 def test_committed_sets_are_large_enough():
-    if not (EVAL_DIR / "manifest.jsonl").is_file():
-        pytest.skip("calibration/eval is not generated yet")
-    utts = read_manifest(EVAL_DIR)
+    if not (CONDITIONS_DIR / "eval" / "manifest.jsonl").is_file():
+        pytest.skip("calibration/conditions is not generated yet")
+    utts = read_manifest(CONDITIONS_DIR / "eval")
     assert len(utts) >= 200 and sum(u.duration for u in utts) >= 25 * 60
     assert {u.extra["condition"] for u in utts} == set(synth.EVAL_CONDITIONS)
     durations = [u.duration for u in utts]
     assert min(durations) < 3 and max(durations) > 17 and sum(d >= 12 for d in durations) >= 40
+    assert len(read_manifest(CONDITIONS_DIR / "calib")) >= 32
+    old = read_manifest(EVAL_DIR)  # the recipes' set, corpus_version 1
+    assert len(old) >= 300 and sum(u.duration for u in old) >= 15 * 60
+    assert {u.extra["condition"] for u in old} == {"seen", "unseen_voice", "unseen_noise"}
     assert len(read_manifest(REPO / "calibration" / "calib")) >= 32
 
 
@@ -346,4 +363,4 @@ def test_readme_commands_match_the_committed_sets():
             checked += 1
     if checked == 0:
         pytest.skip("calibration sets are not generated yet")
-    assert checked == 2
+    assert checked == 4  # eval and calib of corpus_version 1 (recipes) and 2 (conditions)

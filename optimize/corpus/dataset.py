@@ -24,6 +24,7 @@ from optimize.corpus.manifest import MANIFEST_NAME
 from optimize.errors import OptimizeError
 
 CORPUS_JSON = "corpus.json"
+GENERATED_BY = {1: "afe3aa0"}  # earlier corpus versions -> a commit whose code generates (and verifies) them
 CORPUS_VERSION = 2  # bump when a change to sentences.py or synth.py changes generated audio or text
 
 # soundfile (format, subtype) per --format; Vorbis quality is set separately (see _write_audio).
@@ -150,8 +151,10 @@ def verify(directory: Path, jobs: int = 1, count: int | None = None) -> list[str
     directory = Path(directory)
     cfg, info = read_config(directory)
     if info.get("corpus_version") != CORPUS_VERSION:
-        raise OptimizeError(f"{directory} has corpus_version {info.get('corpus_version')}, this code writes "
-                            f"{CORPUS_VERSION}", "regenerate the split with the commands in its README")
+        older = GENERATED_BY.get(info.get("corpus_version"))
+        raise OptimizeError(f"{directory} has corpus_version {info.get('corpus_version')}, this code writes {CORPUS_VERSION}",
+                            f"verify it with the code of commit {older} (git worktree add /tmp/v{info['corpus_version']} {older})"
+                            if older else "regenerate the split with the commands in its README")  # fmt: skip
     if info["espeak_ng"] != synth.espeak_version():
         raise OptimizeError(f"{directory} was made with {info['espeak_ng']!r}, this machine has "
                             f"{synth.espeak_version()!r}", "verify on a machine with the recorded espeak-ng")
