@@ -40,6 +40,15 @@ def _bucket(value: float | None, edges, unit: str) -> str:
     return f">= {low} {unit}"
 
 
+def _order(group: str) -> tuple:
+    """Buckets by their lower edge ("4-8 s" before "12-16 s"), then names alphabetically."""
+    head = group.lstrip(">= ").split("-")[0].split(" ")[0]
+    try:
+        return (0, float(head), group)
+    except ValueError:
+        return (1, 0.0, group)
+
+
 # group name -> the key of an utterance (None: the utterance is left out of that table)
 BREAKDOWNS: dict[str, Callable[[Utterance], str | None]] = {
     "condition": lambda u: u.extra.get("condition"),
@@ -70,7 +79,7 @@ def breakdown(utts: list[Utterance], refs, langs, decodes: dict[str, list[str]])
             if (k := key(u)) is not None:
                 groups[str(k)].append(i)
         if groups:
-            tables[name] = dict(sorted(groups.items()))
+            tables[name] = dict(sorted(groups.items(), key=lambda kv: _order(kv[0])))
     return {
         name: {g: {"utts": len(idx), "minutes": round(sum(utts[i].duration for i in idx) / 60, 2),
                    **{d: rates(idx, refs, hyps, langs) for d, hyps in decodes.items()}} for g, idx in groups.items()}
