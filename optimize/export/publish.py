@@ -33,7 +33,7 @@ HOW = (
     "dev seed 2, 200 utts), python -m optimize.corpus tokenizer, python -m optimize.export.train; phase 3: "
     "python -m optimize.corpus synth (corpus_version 2, recording conditions: train seed 1, 3451 utts; dev seed 2), "
     "python -m optimize.export.train --init <phase 2 model>; python -m optimize.export.publish; "
-    "see calibration/README.md and artifacts/README.md (artifacts/reproduce.sh)"
+    "see calibration/README.md and artifacts/README.md (artifacts/reproduce.sh, artifacts/train_conditions.sh)"
 )
 
 
