@@ -1,0 +1,48 @@
+"""benchmarks/accuracy_default.py's breakdown: every recorded condition becomes a table, buckets in order."""
+
+import importlib.util
+from pathlib import Path
+
+from optimize.corpus.manifest import Utterance
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_default.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("accuracy_default", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _utt(text, lang, duration, **extra):
+    return Utterance(Path("/x.ogg"), text, lang, duration, extra)
+
+
+def test_breakdown_per_condition_length_and_decode():
+    acc = _script()
+    utts = [
+        _utt("HELLO THERE", "en", 2.0, condition="base", rt60=None, hum_hz=None, snr_db=None, channel="wide", rate=150, sentences=1),
+        _utt("你好", "zh", 13.0, condition="reverb", rt60=0.7, hum_hz=50, snr_db=6.0, channel="telephone", rate=230, sentences=4),
+        _utt("GOOD NIGHT", "en", 5.0, condition="base", rt60=None, hum_hz=None, snr_db=18.0, channel="wide", rate=120, sentences=2),
+    ]  # fmt: skip
+    decodes = {"greedy": ["HELLO THERE", "你", "GOOD"], "beam 3": ["HELLO THERE", "你好", "GOOD NIGHT"]}
+    tables = acc.breakdown(utts, [u.text for u in utts], [u.lang for u in utts], decodes)
+    assert tables["set"]["all"]["greedy"]["mixed"] == 33.33 and tables["set"]["all"]["beam 3"]["mixed"] == 0
+    assert tables["condition"]["reverb"]["greedy"] == {"zh": 50.0, "en": None, "mixed": 50.0}
+    assert list(tables["length"]) == ["0-4 s", "4-8 s", "12-16 s"]  # numeric order, empty buckets absent
+    assert tables["length"]["12-16 s"]["utts"] == 1 and tables["length"]["4-8 s"]["minutes"] == round(5 / 60, 2)
+    assert set(tables["room"]) == {"dry", ">= 0.6 s RT60"} and set(tables["hum"]) == {"no Hz", "50 Hz"}
+    assert list(tables["snr"]) == ["0-10 dB", "15-20 dB", "(none)"] and set(tables["channel"]) == {"wide", "telephone"}
+    assert list(tables["rate"]) == ["0-140 wpm", "140-170 wpm", ">= 200 wpm"]
+    text = acc.markdown("length", tables["length"], list(decodes))
+    assert text.splitlines()[0].startswith("| length | utts | min | greedy zh CER %") and "| 12-16 s | 1 | 0.2 |" in text
+
+
+def test_breakdown_of_a_manifest_without_conditions():
+    """A plain manifest (audio, text, lang, duration only) still gets the set and length tables."""
+    acc = _script()
+    utts = [_utt("HELLO", "en", 1.0), _utt("HELLO", "en", 9.0)]
+    tables = acc.breakdown(utts, ["HELLO", "HELLO"], ["en", "en"], {"greedy": ["HELLO", "HI"]})
+    assert set(tables) == {"set", "length"}
+    assert tables["length"]["8-12 s"]["greedy"]["en"] == 100.0
