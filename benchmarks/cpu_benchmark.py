@@ -258,9 +258,9 @@ def time_sherpa(pair_dir: Path, seconds: float, args: argparse.Namespace) -> dic
     step_s, rest_s = np.polyfit(n, t, 1)  # least squares: seconds = rest + steps x step
     timed = (f"whole decode of {seconds:g} s audio at {', '.join(map(str, n))} steps; step = fitted slope, "
              f"encoder = intercept (fbank + encoder + set-up)")  # fmt: skip
-    if step_s <= 0:  # noise larger than the decoder's share: no step time to report
+    if step_s <= 0 or rest_s <= 0:  # noise larger than the decoder's (or the encoder's) share: nothing to report
         step_s = rest_s = float("nan")
-        timed += f"; NOT MEASURED: times {[round(v, 4) for v in t]} s did not grow with the steps"
+        timed += f"; NOT MEASURED: times {[round(v, 4) for v in t]} s at {n} steps fit no positive step and encoder time"
     return dict(runtime=f"sherpa-onnx {sherpa_onnx.__version__} (bundled onnxruntime)", encoder_s=float(rest_s),
                 step_s=float(step_s), load_s=load_s, timed=timed, raw=raw)  # fmt: skip
 

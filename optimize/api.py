@@ -41,7 +41,7 @@ def run(
     for bad input. executor, workers, ray_address: where evaluations decode (local or ray);
     isolate=False runs stages and evaluations in this process.
     """
-    cfg = recipe if isinstance(recipe, Recipe) else load_recipe(Path(recipe))
+    cfg = recipe if isinstance(recipe, Recipe) else load_recipe(Path(recipe), model=None if model is None else Path(model))
     paths = {k: None if v is None else Path(v) for k, v in {"model": model, "data": data, "output": output}.items()}
     cfg = _replace(cfg, threads=threads, **paths)
     cfg = _replace(cfg, evaluation=_replace(cfg.evaluation, executor=executor, workers=workers))
@@ -71,7 +71,7 @@ def evaluate_pair(
     ("lang", "condition", ..., "length"). With check=True a failed check raises GateFailure; the result is
     returned either way otherwise (`result["metrics"]["failures"]`).
     """
-    src = load_recipe(Path(recipe)) if recipe else None
+    src = load_recipe(Path(recipe), model=Path(model_dir)) if recipe else None
     pick = lambda name: getattr(src, name) if src else default(name)  # noqa: E731
     evaluation = _replace(pick("evaluation"), executor=executor, workers=workers)
     settings = EvalSettings(pick("provider"), pick("threads"), pick("decode"), evaluation, pick("provider_options"))

@@ -23,12 +23,48 @@ def temp_path(dst: Path) -> Path:
 
 
 def replace_dir(tmp: Path, dst: Path) -> None:
-    """Put the finished directory `tmp` in place of `dst` (one rename)."""
+    """Put the finished directory `tmp` in place of `dst`; `tmp` is gone afterwards.
+
+    A reader sees the old `dst` or the new one, never a mix or nothing: on Linux the two
+    directories swap in one rename (renameat2 RENAME_EXCHANGE), then the old one is
+    deleted; elsewhere the old one is renamed aside first, so a crash between the two
+    renames leaves it in `<dst>.old` rather than deleted.
+    """
     tmp, dst = Path(tmp), Path(dst)
-    if dst.exists():
-        shutil.rmtree(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        os.replace(tmp, dst)
+        return
+    if _exchange(tmp, dst):
+        shutil.rmtree(tmp)
+        return
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dst, old)
     os.replace(tmp, dst)
+    shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import ctypes.util
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:  # glibc < 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2  # fcntl.h, linux/fs.h
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a file system without RENAME_EXCHANGE
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextmanager
@@ -55,5 +91,8 @@ def copy_files(files: Iterable[Path], dst: Path) -> Path:
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old or the new content, never a part."""
     tmp = temp_path(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no partial temp file

@@ -101,8 +101,11 @@ def write_record(stage_dir: Path, record: dict) -> None:
     """Write stage.json atomically (temp file + rename)."""
     path = Path(stage_dir) / RECORD
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def finished(stage_dir: Path, want_key: str) -> dict | None:

@@ -8,20 +8,70 @@ user error and prints as one line; anything else is a bug and keeps its tracebac
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from optimize import __version__
-from optimize.errors import GateFailure, OptimizeError
+from optimize.errors import GateFailure, OptimizeError, environment_error
+
+try:  # typer >= 0.26 carries its own copy of click
+    from typer._click import exceptions as usage
+except ImportError:  # older typer: click itself
+    from click import exceptions as usage
 from optimize.runtime.search import DecodeConfig
 from optimize.runtime.vad import VadConfig
 
 # rich_markup_mode=None: plain help, so "[default: 3]" is shown instead of eaten as a rich tag and
 # flags are not labelled <bool>
-app = typer.Typer(pretty_exceptions_show_locals=False, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
+INTERRUPT_FIX = "re-run the same command to resume: finished stages are cached"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs (children stopped, temp files removed)."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage mistakes (an unknown option, a bad value, a missing argument) print one line too."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except usage.NoArgsIsHelpError as e:
+            e.show()
+            code = 2
+        except usage.UsageError as e:
+            where = e.ctx.command_path if e.ctx else "optimize"
+            typer.echo(f"error: {' '.join(e.format_message().split())} (see `{where} --help`)", err=True)
+            code = 2
+        except usage.ClickException as e:
+            typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+            code = e.exit_code
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+app = typer.Typer(cls=_OneLineErrors, pretty_exceptions_show_locals=False, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 _verbosity = NORMAL  # set once per invocation by the root callback (-q / -v)
@@ -62,6 +112,15 @@ def _user_errors(fn):
         except OptimizeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
+        except OSError as e:
+            error = environment_error(e)
+            if error is None:
+                raise  # not a fault a user can fix: a bug, keep the traceback
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt as e:
+            typer.echo(f"error: {'terminated' if isinstance(e, _Terminated) else 'interrupted'} ({INTERRUPT_FIX})", err=True)
+            raise typer.Exit(INTERRUPTED)
 
     return wrapper
 
@@ -350,6 +409,8 @@ def eval_(
     from optimize import api
 
     _quiet_onnxruntime()
+    if json_path and (json_path.is_dir() or not json_path.parent.is_dir()):
+        raise OptimizeError(f"--json {json_path} cannot be written: {'it is a directory' if json_path.is_dir() else 'its directory does not exist'}", "pass a file path in an existing directory, e.g. --json eval.json")
     result = api.evaluate_pair(model_dir, data, recipe, reference, provider, threads, check=False, by=_fields(by) or (), progress=_bar,
                                executor=executor, workers=workers, ray_address=ray_address)  # fmt: skip
     m = result["metrics"]
@@ -376,11 +437,9 @@ def eval_(
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    import os
+    from optimize import atomic
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_bytes(path, text.encode("utf-8"))  # no partial or 0-byte file on a full disk
 
 
 @app.command()

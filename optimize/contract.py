@@ -8,6 +8,8 @@ the package retypes these strings.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,7 @@ DECODER_OUTPUTS = (
 CROSS_MASK = "cross_attn_mask"
 
 # Keys sherpa-onnx requires on the encoder (it exits if one is missing).
+N_MELS = 80  # fbank bins of the encoder input x (N, T, 80); cmvn_mean / cmvn_inv_stddev hold one value per bin
 REQUIRED_METADATA = (
     "num_decoder_layers",
     "num_head",
@@ -118,6 +121,13 @@ def parse_metadata(meta: dict[str, str], where: str) -> dict[str, object]:
             out[key] = tuple(float(v) for v in meta[key].split(","))
     except ValueError as e:
         raise OptimizeError(f"{where} has malformed metadata: {e}", "re-export the model") from e
+    for key in ("cmvn_mean", "cmvn_inv_stddev"):
+        values = out[key]
+        if len(values) != N_MELS or not all(math.isfinite(v) for v in values):  # type: ignore[arg-type]
+            raise OptimizeError(f"{where}: metadata {key} holds {len(values)} values (finite: {all(math.isfinite(v) for v in values)}), the front end needs {N_MELS} finite ones", "re-export the model with its cmvn.ark")  # type: ignore[arg-type]
+    for key in ("num_decoder_layers", "num_head", "head_dim"):
+        if out[key] < 1:  # type: ignore[operator]
+            raise OptimizeError(f"{where}: metadata {key} is {out[key]}", "re-export the model")
     return out
 
 
@@ -134,6 +144,8 @@ def check_io(names_types: list[tuple[str, int]], expected: tuple, what: str, whe
 def model_paths(model_dir: Path) -> tuple[Path, Path, Path]:
     """The three files of a pair; raise OptimizeError if one is missing."""
     model_dir = Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise OptimizeError(f"model {model_dir} is a file, not a directory", "pass the directory holding encoder.onnx, decoder.onnx, tokens.txt")
     if not model_dir.is_dir():
         raise OptimizeError(f"model directory {model_dir} does not exist", "pass a directory holding encoder.onnx, decoder.onnx, tokens.txt")
     paths = tuple(model_dir / f for f in (ENCODER_FILE, DECODER_FILE, TOKENS_FILE))

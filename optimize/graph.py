@@ -109,7 +109,11 @@ def external_files(path: Path, model: onnx.ModelProto | None = None) -> list[Pat
             loc = next(e.value for e in t.external_data if e.key == "location")
             if loc not in names:
                 names.append(loc)
-    return [Path(path).parent / n for n in names]
+    files = [Path(path).parent / n for n in names]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise OptimizeError(f"{path} keeps its weights in {', '.join(missing)}, which is missing", f"copy the .data file(s) next to {Path(path).name}, as exported")
+    return files
 
 
 def files_of(path: Path) -> list[Path]:

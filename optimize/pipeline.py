@@ -9,16 +9,16 @@ inspection and `final/` is written only when every stage passed.
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import dataclasses
-import multiprocessing
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
-from optimize import atomic, cache, report
+from optimize import atomic, cache, report, rundir
+from optimize.child import run_in_child
+from optimize.contract import model_paths
 from optimize.errors import GateFailure, OptimizeError
 from optimize.evaluate import breakdown
 from optimize.evaluate.memory import max_rss_bytes
@@ -27,7 +27,7 @@ from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data
 from optimize.recipe import Recipe, Stage, to_dict
 from optimize.runtime.executor import ExecutorError, cluster
 from optimize.runtime.providers import check_provider
-from optimize.stages import STAGES
+from optimize.stages import QUANTIZING, STAGES, check_plan, pair_kind
 
 BASELINE = "baseline"
 # Our modules whose code decides what a stage writes / what an evaluation measures.
@@ -35,7 +35,7 @@ STAGE_CODE = ("optimize.stages", "optimize.graph")
 EVAL_CODE = ("optimize.evaluate.suite", "optimize.evaluate.metrics", "optimize.evaluate.parity", "optimize.evaluate.rtf", "optimize.evaluate.wer",
              "optimize.runtime.providers", "optimize.runtime.session", "optimize.runtime.search", "optimize.runtime.inference", "optimize.runtime.binding", "optimize.runtime.recognizer",
              "optimize.runtime.executor")  # fmt: skip
-FINAL = "final"
+FINAL = report.FINAL
 Log = Callable[[str], None]
 
 
@@ -88,9 +88,8 @@ def _transform(stage: Stage, src: Path, dst: Path, isolate: bool) -> dict:
     if not isolate:
         result = _stage_child(STAGES[stage.name], str(src), str(dst), stage.config, isolated=False)
     else:
-        context = multiprocessing.get_context("spawn")  # fresh interpreter: own address space (VmHWM), no inherited imports
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            result = pool.submit(_stage_child, STAGES[stage.name], str(src), str(dst), stage.config).result()
+        # a fresh interpreter (own address space: VmHWM; no inherited imports) that dies with this one
+        result = run_in_child(f"stage {stage.name}", _stage_child, STAGES[stage.name], str(src), str(dst), stage.config)
     if "error" in result:
         raise OptimizeError(*result["error"])
     return result
@@ -115,10 +114,8 @@ def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | 
     refs = {str(Path(d).resolve()) for d in (evaluator.baseline_dir, input_dir) if d is not None}
     child = copy.copy(evaluator)  # shallow: the eval data is shared, not copied
     child.probe_runs = {k: v for k, v in evaluator.probe_runs.items() if k in refs}
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        job = pool.submit(_evaluate_child, child, str(stage_dir), None if input_dir is None else str(input_dir), progress)
-        metrics, runs, peak_mb = job.result()
+    where = None if input_dir is None else str(input_dir)
+    metrics, runs, peak_mb = run_in_child(f"evaluation of {stage_dir.name}", _evaluate_child, child, str(stage_dir), where, progress)
     evaluator.probe_runs.update(runs)
     return dataclasses.replace(metrics, eval_peak_rss_mb=peak_mb)
 
@@ -126,7 +123,7 @@ def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | 
 def _import_baseline(src: Path, dst: Path) -> dict:
     """Copy the input pair into the run directory: every later stage reads only the run's copies."""
     atomic.copy_files(cache.pair_files(src), dst)
-    return {"output": {"notes": ["the fp32 input pair, unchanged"]}, "seconds": 0.0, "peak_rss_mb": None}
+    return {"output": {"notes": [f"the {pair_kind(dst)} input pair, unchanged"]}, "seconds": 0.0, "peak_rss_mb": None}
 
 
 def _produce(stage: Stage, src: Path, dst: Path, options: Options, log: Log) -> dict:
@@ -141,7 +138,11 @@ def _produce(stage: Stage, src: Path, dst: Path, options: Options, log: Log) -> 
         return record | {"cached": True}
     log(f"{dst.name}: running")
     shutil.rmtree(dst, ignore_errors=True)
-    done = _import_baseline(src, dst) if stage.name == BASELINE else _transform(stage, src, dst, options.isolate)
+    try:
+        done = _import_baseline(src, dst) if stage.name == BASELINE else _transform(stage, src, dst, options.isolate)
+    except BaseException:  # an error, Ctrl-C: a killed child could not remove its half-written output
+        shutil.rmtree(atomic.temp_path(dst), ignore_errors=True)
+        raise
     record = {"stage": stage.name, "key": key, "config": config, "versions": cache.tool_versions(), "host": cache.host(),
               "inputs": inputs, "outputs": cache.digests(dst), **done}  # fmt: skip
     cache.write_record(dst, record)
@@ -191,7 +192,7 @@ def _judge(metrics: Metrics, baseline: Metrics | None, recipe: Recipe, provider:
 
 
 # Stages that quantize their input: a pair that is already quantized must not enter them.
-QUANTIZING_STAGES = ("int8", "int8_static", "int8_weight_only", "int4_weight_only")
+QUANTIZING_STAGES = QUANTIZING
 
 
 def _input_stages(recipe: Recipe, log: Log) -> list[Stage]:
@@ -230,18 +231,20 @@ def run(recipe: Recipe, options: Options = Options(), log: Log = lambda s: None,
     gate, OptimizeError when a stage cannot be produced."""
     provider = options.provider or recipe.provider
     _check_provider(recipe, provider)
+    run_dir = Path(recipe.output)
+    rundir.check_paths(Path(recipe.model), run_dir)
+    model_paths(recipe.model)  # a missing or misnamed input is a one-line error before anything is created
     before = _input_stages(recipe, log)  # refuses an unsuitable input before anything is written
     representative = provider == recipe.provider
     if not representative:
         log(f"note: recipe {recipe.name} targets {recipe.provider}; running on {provider}, so RTF is not representative and min_speedup is not judged")
-    run_dir = Path(recipe.output)
-    shutil.rmtree(run_dir / FINAL, ignore_errors=True)  # a failed run must not leave an older final pair
-    run_dir.mkdir(parents=True, exist_ok=True)
     settings = EvalSettings(provider, recipe.threads, recipe.decode, recipe.evaluation, recipe.provider_options)
     header = report.header(recipe, to_dict(recipe), provider, representative, settings.timed(), SPEEDUP_BASIS[provider])
     ev = recipe.evaluation
-    with cluster(ev.executor, ev.workers, recipe.threads, options.ray_address) as address:  # joined once, before any stage
-        return _run_stages(recipe, options, settings, header, address, log, progress, before)
+    with rundir.locked(run_dir):
+        report.write(run_dir, header, [], None)  # an earlier run's report must not speak for this one
+        with cluster(ev.executor, ev.workers, recipe.threads, options.ray_address) as address:  # joined once, before any stage
+            return _run_stages(recipe, options, settings, header, address, log, progress, before)
 
 
 def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header: dict, address: str | None, log: Log, progress: Progress,
@@ -258,6 +261,8 @@ def _run_stages(recipe: Recipe, options: Options, settings: EvalSettings, header
             rows.append(report.Row(stage.name, str(stage_dir), passed=False, failures=[f"stage: {e}"]))
             report.write(run_dir, header, rows, None)
             raise OptimizeError(f"stage {stage.name} failed: {e.message}", f"{e.fix}; nothing was published") from e
+        if index == 0:  # what the input graphs are decides which stages apply: refuse before any runs
+            check_plan(stage_dir, [(s.name, s.config) for s in chain[1:]])
         if evaluator is None:
             evaluator = Evaluator(load_data(stage_dir, recipe.data, settings, progress), settings, stage_dir, address)
             breakdown.check_fields(evaluator.data.fields, options.by if evaluator.data.refs else ())
@@ -295,6 +300,13 @@ def evaluate_pair(model_dir: Path, data: Path | None, settings: EvalSettings, re
                   ray_address: str | None = None, by: tuple[str, ...] = ()) -> dict:  # fmt: skip
     """`optimize eval`: the checks on any pair; parity, agreement and deltas need a `reference` pair;
     `by` adds error rates by those manifest fields ("breakdown") and, with a reference, the changed utterances."""
+    from optimize.runtime.providers import check_threads
+
+    check_threads(settings.threads)  # bad input, not a failed check: refused before anything loads
+    check_provider(settings.provider, settings.options)
+    for pair in (model_dir, reference):
+        if pair is not None:
+            model_paths(pair), cache.pair_files(Path(pair))  # missing files, external data included
     ev = settings.evaluation
     with cluster(ev.executor, ev.workers, settings.threads, ray_address) as address:  # joined once for pair and reference
         return _evaluate_pair(model_dir, data, settings, reference, progress, address, by)

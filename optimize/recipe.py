@@ -21,7 +21,7 @@ import yaml
 
 from optimize.errors import OptimizeError
 from optimize.runtime.search import DecodeConfig
-from optimize.runtime.providers import PROVIDERS, ProviderOptions
+from optimize.runtime.providers import PROVIDERS, ProviderOptions, check_threads
 from optimize.stages import STAGES, config_class
 
 RUNS_DIR = Path("runs")  # a recipe without `output` writes to runs/<name>
@@ -93,7 +93,7 @@ class Recipe:
     output: Path  # run directory (default: runs/<name>)
     stages: tuple[Stage, ...]  # in order, after the implicit fp32 baseline
     gates: Gates
-    model: Path = Path("artifacts/firered-aed-tiny")  # input pair: encoder.onnx, decoder.onnx, tokens.txt
+    model: Path  # input pair: encoder.onnx, decoder.onnx, tokens.txt (required: never a silent default model)
     data: Path | None = Path("calibration/eval")  # eval manifest; None only with evaluation.mode parity_only
     provider: str = "cpu"  # the execution provider the recipe targets and times
     threads: int = 1  # ORT intra-op threads, fixed so RTF compares stage to stage (0 = ORT's choice)
@@ -106,8 +106,7 @@ class Recipe:
     def __post_init__(self):
         if self.provider not in PROVIDERS:
             raise OptimizeError(f"provider is {self.provider!r}", f"use one of {', '.join(PROVIDERS)}")
-        if self.threads < 0:
-            raise OptimizeError(f"threads is {self.threads}", "use 0 (ORT's choice) or a positive count")
+        check_threads(self.threads)
         if self.data is None and self.evaluation.mode == "full":
             raise OptimizeError("data is empty but evaluation.mode is full", "name an eval manifest, or set evaluation.mode: parity_only")
         if self.provider == "cuda" and any(s.name == "int8" for s in self.stages):
@@ -175,13 +174,14 @@ def build(cls: type, mapping: object, where: str, given: dict | None = None) -> 
     names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
     for key in mapping:
         if key not in names:
-            raise OptimizeError(f"{where}: unknown key {key!r}", _suggest(str(key), names))
+            raise OptimizeError(f"{where or 'recipe'}: unknown key {key!r}", _suggest(str(key), names))
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in mapping.items()} | given
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required key is missing
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        raise OptimizeError(f"{where or 'recipe'} lacks {', '.join(missing) or 'keys'}", "add them to the recipe") from e
+        keys = ", ".join(f"`{m}:`" for m in missing) or "them"
+        raise OptimizeError(f"{where or 'recipe'} lacks {', '.join(missing) or 'keys'}", f"add {keys} to the recipe" + (" (or pass --model)" if "model" in missing else "")) from e
 
 
 def _stage(item: object, where: str) -> Stage:
@@ -200,13 +200,33 @@ def _stage(item: object, where: str) -> Stage:
 PATH_KEYS = ("model", "data", "output")  # recipe keys holding paths
 
 
-def load_recipe(path: Path) -> Recipe:
-    """Read and validate a recipe file."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise OptimizeError(
+                    f"recipe key {key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    "keep one of them: YAML would silently use the last",
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_recipe(path: Path, model: Path | None = None) -> Recipe:
+    """Read and validate a recipe file; `model` (the CLI's --model) stands in for the recipe's `model:`."""
     path = Path(path)
+    if path.is_dir():
+        raise OptimizeError(f"recipe {path} is a directory", "pass a recipe file such as recipes/cpu_int8.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except OSError as e:
         raise OptimizeError(f"cannot read recipe {path}: {e.strerror}", "pass a recipe file such as recipes/cpu_int8.yaml") from e
+    except UnicodeDecodeError as e:
+        raise OptimizeError(f"recipe {path} is not UTF-8 (byte {e.start}: {e.object[e.start:e.start + 4]!r})", "re-save it as UTF-8") from e
     except yaml.YAMLError as e:
         raise OptimizeError(f"recipe {path} is not valid YAML: {' '.join(str(e).split())}", "fix the YAML syntax") from e
     if not isinstance(raw, dict):
@@ -218,6 +238,8 @@ def load_recipe(path: Path) -> Recipe:
     stages = raw.pop("stages", None)
     if not isinstance(stages, list):
         raise OptimizeError(f"recipe {path}: `stages` must be a list", "list stages such as `- simplify`")
+    if model is not None:
+        raw["model"] = str(model)
     raw.setdefault("name", path.stem)
     raw.setdefault("output", str(RUNS_DIR / str(raw["name"])))
     built = tuple(_stage(s, f"stages[{i}]") for i, s in enumerate(stages))

@@ -15,8 +15,10 @@ from typing import Callable
 
 from optimize import atomic, cache
 from optimize.evaluate.metrics import Comparison, Metrics
+from optimize.errors import OptimizeError
 
 JSON, MARKDOWN, PLOT = "report.json", "report.md", "report.png"
+FINAL = "final"  # the published pair's directory inside the run directory
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,21 @@ def write(run_dir: Path, head: dict, rows: list[Row], final: Path | None) -> dic
     run_dir = Path(run_dir)
     passed = final is not None and all(r.passed for r in rows)
     data = head | {"stages": rows, "passed": passed, "final": None if final is None else str(final)}
+    earlier = run_dir / FINAL
+    if final is None and earlier.is_dir():  # this run published nothing; say whose pair final/ holds
+        data["earlier_final"] = {"path": str(earlier), "outputs": _digests_or_none(earlier)}
     as_json = data | {"stages": [dataclasses.asdict(r) for r in rows]}
     atomic.write_bytes(run_dir / JSON, json.dumps(as_json, indent=2, default=str).encode())
     atomic.write_bytes(run_dir / MARKDOWN, markdown(data).encode())
     plot(data, run_dir / PLOT)
     return data
+
+
+def _digests_or_none(model_dir: Path) -> dict | None:
+    try:
+        return cache.digests(model_dir)
+    except (OSError, OptimizeError):
+        return None
 
 
 def _num(value, fmt: str) -> str:
@@ -189,6 +201,8 @@ def markdown(report: dict) -> str:
         lines += [f"- **{r.name} failed** {failure}" for failure in r.failures]
     if report["final"]:
         lines.append(f"\nPublished: `{report['final']}`")
+    elif report.get("earlier_final"):
+        lines.append(f"\nNothing published by this run: `{report['earlier_final']['path']}` holds the pair an earlier passing run published.")
     lines += _breakdown_lines(report["stages"]) + _changed_lines(report["stages"])
     return "\n".join(lines) + "\n"
 
@@ -216,6 +230,9 @@ def plot(report: dict, path: Path) -> None:
     fig.suptitle(f"{report['recipe']} ({report['provider']})")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)

@@ -108,7 +108,10 @@ def test_audio_errors_are_one_line(tmp_path):
 
 
 def test_audio_too_long_is_rejected_at_the_exact_limit(tmp_path):
+    """The encoder's own limit (about 200 s), for callers that lift the 60 s one to segment long audio."""
     sf.write(tmp_path / "max.wav", np.zeros(MAX_SAMPLES, np.int16), 16000, subtype="PCM_16")
-    assert len(load_audio(tmp_path / "max.wav")) == MAX_SAMPLES
+    assert len(load_audio(tmp_path / "max.wav", max_seconds=None)) == MAX_SAMPLES
+    assert "longer than 60 s" in _one_line_error(tmp_path / "max.wav").message  # FireRedASR's limit by default
     sf.write(tmp_path / "long.wav", np.zeros(MAX_SAMPLES + 1, np.int16), 16000, subtype="PCM_16")
-    assert "positional" in _one_line_error(tmp_path / "long.wav").message
+    with pytest.raises(OptimizeError, match="positional"):
+        load_audio(tmp_path / "long.wav", max_seconds=None)

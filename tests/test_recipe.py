@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from optimize.errors import OptimizeError
-from optimize.recipe import Recipe, default, load_recipe, to_dict
+from optimize.recipe import Recipe, load_recipe, to_dict
 from optimize.runtime.providers import ProviderOptions
 from optimize.stages.int8 import Int8Config
 
@@ -24,7 +24,7 @@ def write(tmp_path: Path, recipe: dict, name: str = "r.yaml") -> Path:
 
 
 def base(**changes) -> dict:
-    return {"stages": ["simplify", "fuse", {"int8": {"per_channel": False}}], "gates": dict(GATES)} | changes
+    return {"model": "artifacts/firered-aed-tiny", "stages": ["simplify", "fuse", {"int8": {"per_channel": False}}], "gates": dict(GATES)} | changes
 
 
 @pytest.mark.parametrize("name", ["cpu_int8", "gpu_fp16"])
@@ -49,7 +49,7 @@ def test_aed_l_recipes_run_the_small_recipes_stages_by_parity(name, small):
 def test_defaults_and_typed_stage_config(tmp_path):
     recipe = load_recipe(write(tmp_path, base(), "my_recipe.yaml"))
     assert recipe.name == "my_recipe" and recipe.output == Path("runs/my_recipe")
-    assert recipe.model == default("model") and recipe.provider == "cpu"
+    assert recipe.model == tmp_path / "artifacts/firered-aed-tiny" and recipe.provider == "cpu"  # relative to the recipe
     assert isinstance(recipe.stages[2].config, Int8Config) and recipe.stages[2].config.per_channel is False
     with pytest.raises(dataclasses.FrozenInstanceError):
         recipe.threads = 3  # type: ignore[misc]

@@ -52,12 +52,19 @@ def read_manifest(path: Path | str) -> list[Utterance]:
     return _read_jsonl(path)
 
 
+def _lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; OptimizeError naming the first bad byte otherwise."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise OptimizeError(f"{path} is not UTF-8 (byte {e.start}: {e.object[e.start:e.start + 4]!r})", "re-save it as UTF-8") from e
+
+
 def _read_jsonl(path: Path) -> list[Utterance]:
     utterances = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                utterances.append(_parse_line(line, path, number))
+    for number, line in enumerate(_lines(path), start=1):
+        if line.strip():
+            utterances.append(_parse_line(line, path, number))
     if not utterances:
         raise OptimizeError(f"manifest {path} is empty", "add one JSON object per line")
     return utterances
@@ -76,10 +83,14 @@ def _parse_line(line: str, path: Path, number: int) -> Utterance:
     if missing:
         raise OptimizeError(f"{where}: missing key(s) {', '.join(missing)}",
                             f"every line needs {', '.join(REQUIRED_KEYS)}")
+    if not isinstance(row["text"], str):  # null would be scored as the string "None"
+        raise OptimizeError(f"{where}: text is {json.dumps(row['text'])}", 'give the reference transcript as a string ("" for silence)')
     if row["lang"] not in LANGS:
         raise OptimizeError(f"{where}: lang is {row['lang']!r}", f"use one of {', '.join(LANGS)}")
-    if not isinstance(row["duration"], (int, float)) or isinstance(row["duration"], bool):
+    if not isinstance(row["duration"], (int, float)) or isinstance(row["duration"], bool) or not 0 <= row["duration"] < float("inf"):
         raise OptimizeError(f"{where}: duration is {row['duration']!r}", "give the duration in seconds")
+    if not isinstance(row["audio"], str) or not row["audio"]:
+        raise OptimizeError(f"{where}: audio is {json.dumps(row['audio'])}", "give the audio file's path as a string")
     audio = (path.parent / row["audio"]).resolve()
     if not audio.is_file():
         raise OptimizeError(f"{where}: audio file {audio} does not exist",
@@ -91,14 +102,13 @@ def _parse_line(line: str, path: Path, number: int) -> Utterance:
 def _read_table(path: Path) -> dict[str, str]:
     """Kaldi `key rest-of-line` table, in file order."""
     table = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            key, _, value = line.strip().partition(" ")
-            if key in table:
-                raise OptimizeError(f"{path}:{number}: duplicate utterance id {key!r}", "make ids unique")
-            table[key] = value.strip()
+    for number, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        key, _, value = line.strip().partition(" ")
+        if key in table:
+            raise OptimizeError(f"{path}:{number}: duplicate utterance id {key!r}", "make ids unique")
+        table[key] = value.strip()
     return table
 
 

@@ -97,7 +97,10 @@ def load_data(model_dir: Path, data: Path | None, settings: EvalSettings, progre
     with progress("features", len(utterances)) as bar:
         for u in utterances:
             h.update(f"{u.text}\0{u.lang}\0".encode() + Path(u.audio).read_bytes())
-            samples = load_audio(u.audio)
+            try:
+                samples = load_audio(u.audio)  # refuses NaN/Inf and audio over 60 s, naming the file
+            except OptimizeError as e:
+                raise OptimizeError(f"eval set {data}: {e.message}", f"{e.fix}, or drop it from the manifest") from e
             feats.append(front_end.features(samples))
             seconds.append(len(samples) / SAMPLE_RATE)  # what was decoded, not what the manifest says
             bar.update(1)

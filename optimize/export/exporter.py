@@ -28,12 +28,23 @@ from optimize.runtime.features import cmvn_from_stats
 
 
 
+# Opsets this exporter is known to produce a working pair with (tested 13..21 with torch 2.13's
+# TorchScript exporter, whose declared maximum is 20); below 13 the graphs change op semantics.
+OPSETS = range(13, 21)
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = 17  # Slice/Range with dynamic T need >= 11; 17 has LayerNormalization
     fixed_cache_len: int | None = None  # None: dynamic self-cache length; 1024: the published v1 layout
     trial_frames: int = 137  # frames of the trial input used for tracing and the shape asserts
     with_ctc: bool = False  # FireRedASR2: add the CTC log-probs as a third encoder output (contract.CTC_OUTPUT)
+
+    def __post_init__(self):
+        if self.opset not in OPSETS:
+            raise OptimizeError(f"opset {self.opset} is outside the supported range", f"use an opset from {OPSETS.start} to {OPSETS.stop - 1} (default 17)")
+        if self.fixed_cache_len is not None and self.fixed_cache_len < 2:
+            raise OptimizeError(f"--fixed-cache-len {self.fixed_cache_len} is too small", "use 1024 for the published v1 layout")
 
 
 class EncoderGraph(nn.Module):
@@ -265,8 +276,8 @@ def _publish(tmp_dir: Path, out_dir: Path) -> list[Path]:
 
 def export_checkpoint(ckpt_dir: Path, out_dir: Path, cfg: ExportConfig = ExportConfig()) -> list[Path]:
     """Export `ckpt_dir` to `out_dir`; returns the written paths. Nothing is written on failure."""
-    if cfg.fixed_cache_len is not None and cfg.fixed_cache_len < 2:
-        raise OptimizeError(f"--fixed-cache-len {cfg.fixed_cache_len} is too small", "use 1024 for the published v1 layout")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise OptimizeError(f"output {out_dir} is a file, not a directory", "pass a directory path with -o/--output")
     ckpt = load_checkpoint(Path(ckpt_dir))
     if cfg.with_ctc and ckpt.model.ctc is None:
         raise OptimizeError(

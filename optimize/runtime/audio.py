@@ -24,6 +24,10 @@ MIN_SAMPLES = 400  # one 25 ms fbank frame at 16 kHz (snip_edges)
 # The encoder's relative positional encoding has 2*5000-1 rows, so the
 # subsampled length T' must stay <= 5000 (fireredasr conformer_encoder.py).
 MAX_ENCODER_LEN = 5000
+# FireRedASR is trained on and supports utterances of up to 60 s (its README); longer
+# audio decodes to confident wrong text, so it is refused unless segmented first.
+MAX_SECONDS = 60.0
+SPLIT_FIX = "split it into segments of at most 60 s, FireRedASR's limit (e.g. sox IN.wav OUT.wav trim 0 60 : newfile : restart)"
 
 
 def encoder_length(frames: int) -> int:
@@ -39,14 +43,18 @@ assert encoder_length(MAX_FRAMES) == MAX_ENCODER_LEN < encoder_length(MAX_FRAMES
 assert frames_for(MAX_SAMPLES) == MAX_FRAMES < frames_for(MAX_SAMPLES + 1)
 
 
-def load_audio(path: str | Path) -> np.ndarray:
+def load_audio(path: str | Path, max_seconds: float | None = MAX_SECONDS) -> np.ndarray:
     """Read a wav/flac/ogg file the encoder can take whole.
 
+    max_seconds: refuse longer audio (None: only the encoder's own limit, for callers
+    that segment long audio themselves).
     returns: shape = (num_samples,), float32, 16 kHz mono, int16 scale (about +-32768).
-    Raises OptimizeError for a missing, unreadable, too short or too long file.
+    Raises OptimizeError for a missing, unreadable, non-finite, too short or too long file.
     """
     samples = read_audio(path)
     check_length(len(samples), str(path))
+    if max_seconds is not None:
+        check_duration(len(samples), str(path), max_seconds)
     return samples
 
 
@@ -65,7 +73,25 @@ def read_audio(path: str | Path) -> np.ndarray:
         raise OptimizeError(
             f"cannot read audio {path}: {reason}", "pass a wav, flac or ogg file (ffmpeg -i IN -ar 16000 -ac 1 OUT.wav)"
         ) from e
+    check_finite(data, str(path))
     return _resample(data.mean(axis=1) * INT16_SCALE, int(rate))  # stereo -> mono by averaging channels
+
+
+def check_finite(samples: np.ndarray, what: str) -> None:
+    """Raise OptimizeError if any sample is NaN or infinite (a float file from a broken tool)."""
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        first = int(np.argmax(bad.reshape(len(samples), -1).any(axis=1)))
+        raise OptimizeError(
+            f"audio {what} has {int(bad.sum())} NaN/Inf sample(s), the first at {first / SAMPLE_RATE:.3f} s",
+            "re-encode it from the source as 16-bit PCM (ffmpeg -i IN -ar 16000 -ac 1 -c:a pcm_s16le OUT.wav)",
+        )
+
+
+def check_duration(num_samples: int, what: str, max_seconds: float = MAX_SECONDS) -> None:
+    """Raise OptimizeError if 16 kHz audio of `num_samples` lasts longer than `max_seconds`."""
+    if num_samples > max_seconds * SAMPLE_RATE:
+        raise OptimizeError(f"audio {what} lasts {num_samples / SAMPLE_RATE:.1f} s, longer than {max_seconds:g} s", SPLIT_FIX)
 
 
 def _resample(samples: np.ndarray, rate: int) -> np.ndarray:

@@ -8,6 +8,8 @@ comes through `load_session`.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +96,17 @@ class ProviderOptions:
         return opts
 
 
+MAX_THREADS = 1024  # far above any core count; a larger value is a typo
+
+
+def check_threads(threads: int) -> None:
+    """Refuse a thread count ORT would reject (negative) or that cannot be meant."""
+    if not 0 <= threads <= MAX_THREADS:
+        raise OptimizeError(f"threads is {threads}", f"use 0 (ORT's choice: one per physical core) or a count from 1 to {MAX_THREADS}")
+
+
 def _session_options(threads: int, spinning: bool) -> ort.SessionOptions:
+    check_threads(threads)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads  # 0 = ORT's default (one per physical core)
@@ -138,6 +150,9 @@ def load_session(path: Path | str | bytes, provider: str, threads: int, options:
             raise OptimizeError(f"CUDAExecutionProvider failed for {path}: {reason}", _CUDA_FIX) from e
         if not isinstance(e, ORT_ERRORS):
             raise  # not an ORT load failure: a bug, keep the traceback
+        missing = re.search(r'External data path does not exist: "([^"]+)"', reason)
+        if missing:
+            raise OptimizeError(f"{path} keeps its weights in {Path(missing[1]).name}, which is missing", f"copy the .data file(s) next to {Path(str(path)).name}, as exported") from e
         raise OptimizeError(f"onnxruntime cannot load {path}: {reason}", "re-export the pair with `optimize export`") from e
     if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         problem = _cuda_library_problem()

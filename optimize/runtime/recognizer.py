@@ -11,7 +11,7 @@ import numpy as np
 from optimize import contract
 from optimize.errors import OptimizeError
 from optimize.runtime import ctc
-from optimize.runtime.audio import MAX_FRAMES, check_length, from_array, read_audio
+from optimize.runtime.audio import MAX_FRAMES, check_finite, check_length, from_array, read_audio
 from optimize.runtime.binding import BoundPair
 from optimize.runtime.features import NUM_MEL_BINS, SAMPLE_RATE, apply_cmvn, fbank
 from optimize.runtime.inference import encode, open_decoder
@@ -76,6 +76,7 @@ class FrontEnd:
     def features(self, samples: np.ndarray) -> np.ndarray:
         """samples: shape = (num_samples,), 16 kHz, int16 scale -> shape = (T, 80), float32, CMVN-normalized."""
         check_length(len(samples), "input")
+        check_finite(samples, "input")
         return apply_cmvn(fbank(samples), self.cmvn_mean, self.cmvn_inv_stddev)
 
 

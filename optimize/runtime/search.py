@@ -24,6 +24,10 @@ from optimize.errors import OptimizeError
 # FireRedASR's "infinity" is finite on purpose: finished rows multiply scores by
 # 0, and 0 * 1e10 stays 0 where 0 * inf would be nan.
 INF = np.float32(1e10)
+# Each beam repeats the cross K/V and both self-caches: at AED-L size and 60 s of audio,
+# about 0.5 GB per beam and utterance. FireRedASR recommends 3; 100000 was OOM-killed.
+MAX_BEAM_SIZE = 16
+MAX_BATCH_SIZE = 256  # utterances per run; memory grows the same way
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,11 @@ class DecodeConfig:
     batch_size: int = 1  # utterances per encoder/decoder run (> 1 needs a pair with cross_attn_mask)
 
     def __post_init__(self):
-        fix = "use beam_size >= 1, batch_size >= 1, max_len >= 0, softmax_smoothing > 0, eos_penalty > 0, length_penalty >= 0"
+        fix = (f"use 1 <= beam_size <= {MAX_BEAM_SIZE} (FireRedASR recommends 3; memory grows with each beam), "
+               f"1 <= batch_size <= {MAX_BATCH_SIZE}, max_len >= 0, softmax_smoothing > 0, eos_penalty > 0, length_penalty >= 0")
         bad = {
-            "beam_size": self.beam_size < 1,
-            "batch_size": self.batch_size < 1,
+            "beam_size": not 1 <= self.beam_size <= MAX_BEAM_SIZE,
+            "batch_size": not 1 <= self.batch_size <= MAX_BATCH_SIZE,
             "max_len": self.max_len < 0,
             "softmax_smoothing": not self.softmax_smoothing > 0,
             "eos_penalty": not self.eos_penalty > 0,

@@ -65,6 +65,9 @@ class OrtPair:
             vocab = int(meta["vocab_size"])
         if vocab is None:
             raise OptimizeError(f"{where}: vocabulary size unknown (no vocab_size metadata, dynamic logits dim)", "re-export the pair")
+        bad = {k: fields[k] for k in ("sos", "eos") if not 0 <= fields[k] < vocab}  # type: ignore[operator]
+        if bad:
+            raise OptimizeError(f"{where}: metadata {', '.join(f'{k}={v}' for k, v in bad.items())} lies outside the vocabulary of {vocab} tokens", "re-export the pair: sos/eos must be token ids of this model")
         cache_len = _fixed(self.decoder.get_inputs()[1].shape[2])
         return contract.ModelInfo(**fields, vocab_size=vocab, fixed_cache_len=cache_len)
 

@@ -31,7 +31,11 @@ class TokenTable:
         path = Path(path)
         fix = "write tokens.txt as `symbol id` lines (optimize export does)"
         table: dict[int, str] = {}
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise OptimizeError(f"{path} is not UTF-8 (byte {e.start}: {e.object[e.start:e.start + 4]!r})", "re-save tokens.txt as UTF-8, as optimize export writes it") from e
+        for lineno, line in enumerate(text.splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue

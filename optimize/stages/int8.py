@@ -17,7 +17,7 @@ import onnx
 from optimize import graph
 from optimize.cache import host_cpu_flags
 from optimize.errors import OptimizeError
-from optimize.stages import GRAPHS, TOOL_ERRORS, StageOutput, transform_pair
+from optimize.stages import GRAPHS, TOOL_ERRORS, StageOutput, scratch_input, transform_pair
 
 # Ops quantize_dynamic can turn into integer ops (onnxruntime/quantization/registry.py
 # IntegerOpsRegistry). Gemm is not among them in dynamic mode.
@@ -92,21 +92,22 @@ def _quantize_graph(cfg: Int8Config, reduce_range: bool, record: dict):
         excluded = _excluded(model, cfg.nodes_to_exclude)
         record[role] = {"excluded_nodes": excluded}
         try:
-            quantize_dynamic(
-                src,  # by path: the quantizer runs shape inference on the file, fine above 2 GB
-                out,
-                op_types_to_quantize=list(cfg.op_types),
-                per_channel=cfg.per_channel,
-                reduce_range=reduce_range,
-                weight_type=QuantType[cfg.weight_type],
-                nodes_to_exclude=excluded,
-                use_external_data_format=graph.needs_external_data(model),
-                extra_options={
-                    "MatMulConstBOnly": cfg.matmul_const_b_only,
-                    # fused graphs carry com.microsoft ops ONNX cannot type (ort-toolchain.md E6)
-                    "DefaultTensorType": onnx.TensorProto.FLOAT,
-                },
-            )
+            with scratch_input(src, out.parent, role) as linked:
+                quantize_dynamic(
+                    linked,  # by path: the quantizer runs shape inference on the file, fine above 2 GB
+                    out,
+                    op_types_to_quantize=list(cfg.op_types),
+                    per_channel=cfg.per_channel,
+                    reduce_range=reduce_range,
+                    weight_type=QuantType[cfg.weight_type],
+                    nodes_to_exclude=excluded,
+                    use_external_data_format=graph.needs_external_data(model),
+                    extra_options={
+                        "MatMulConstBOnly": cfg.matmul_const_b_only,
+                        # fused graphs carry com.microsoft ops ONNX cannot type (ort-toolchain.md E6)
+                        "DefaultTensorType": onnx.TensorProto.FLOAT,
+                    },
+                )
         except TOOL_ERRORS as e:  # the tool cannot handle this graph (stages.TOOL_ERRORS)
             raise OptimizeError(f"quantize_dynamic failed on the {role}: {str(e).splitlines()[0][:300]}", "exclude the failing node with int8.nodes_to_exclude") from e
         return []
@@ -120,7 +121,7 @@ def run(src: Path, dst: Path, cfg: Int8Config) -> StageOutput:
     _check_patterns(src, cfg.nodes_to_exclude)
     reduce_range = resolve_reduce_range(cfg.reduce_range, host_cpu_flags())
     record: dict = {}
-    before, after, notes = transform_pair(src, dst, "int8", _quantize_graph(cfg, reduce_range, record))
+    before, after, notes = transform_pair(src, dst, "int8", _quantize_graph(cfg, reduce_range, record), cfg)
     for role in after:
         record[role]["quantized"] = {op: after[role].get(op, 0) for op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")}
     if not any(after[r].get("DynamicQuantizeLinear", 0) for r in cfg.graphs):

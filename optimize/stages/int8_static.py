@@ -24,7 +24,7 @@ import onnx
 from optimize import contract, graph
 from optimize.cache import host_cpu_flags
 from optimize.errors import OptimizeError
-from optimize.stages import TOOL_ERRORS, StageOutput, transform_pair
+from optimize.stages import TOOL_ERRORS, StageOutput, scratch_input, transform_pair
 from optimize.stages.int8 import resolve_reduce_range
 
 FORMATS = ("QDQ", "QOperator")
@@ -115,22 +115,23 @@ def _transform(cfg: Int8StaticConfig, feats: list[np.ndarray], reduce_range: boo
         excluded = [n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, p) for p in cfg.nodes_to_exclude)]
         record[role] = {"excluded_nodes": excluded}
         try:
-            quantize_static(
-                src, out, _Reader(feats),  # by path: shape inference and calibration run on files, fine above 2 GB
-                quant_format=QuantFormat[cfg.quant_format],
-                op_types_to_quantize=["MatMul"],  # ConvInteger was slower than fp32 Conv on CPU (ort-toolchain.md E7)
-                per_channel=cfg.per_channel,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the VNNI / AVX2 integer GEMM
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded,
-                calibrate_method=CalibrationMethod[cfg.calibrate_method],
-                use_external_data_format=graph.needs_external_data(model),
-                extra_options={
-                    "MatMulConstBOnly": True,  # attention score/context MatMuls stay float, as in `int8`
-                    "DefaultTensorType": onnx.TensorProto.FLOAT,  # fused com.microsoft ops (ort-toolchain.md E6)
-                },
-            )  # fmt: skip
+            with scratch_input(src, out.parent, role) as linked:
+                quantize_static(
+                    linked, out, _Reader(feats),  # by path: shape inference and calibration run on files, fine above 2 GB
+                    quant_format=QuantFormat[cfg.quant_format],
+                    op_types_to_quantize=["MatMul"],  # ConvInteger was slower than fp32 Conv on CPU (ort-toolchain.md E7)
+                    per_channel=cfg.per_channel,
+                    reduce_range=reduce_range,
+                    activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the VNNI / AVX2 integer GEMM
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=excluded,
+                    calibrate_method=CalibrationMethod[cfg.calibrate_method],
+                    use_external_data_format=graph.needs_external_data(model),
+                    extra_options={
+                        "MatMulConstBOnly": True,  # attention score/context MatMuls stay float, as in `int8`
+                        "DefaultTensorType": onnx.TensorProto.FLOAT,  # fused com.microsoft ops (ort-toolchain.md E6)
+                    },
+                )  # fmt: skip
         except TOOL_ERRORS as e:  # the tool cannot handle this graph (stages.TOOL_ERRORS)
             raise OptimizeError(f"quantize_static failed on the {role}: {str(e).splitlines()[0][:300]}", "exclude the failing node with int8_static.nodes_to_exclude") from e
         return []
@@ -150,7 +151,7 @@ def run(src: Path, dst: Path, cfg: Int8StaticConfig) -> StageOutput:
     feats = calibration_features(enc, files)
     reduce_range = resolve_reduce_range(cfg.reduce_range, host_cpu_flags())
     record: dict = {}
-    before, after, notes = transform_pair(src, dst, "int8_static", _transform(cfg, feats, reduce_range, record))
+    before, after, notes = transform_pair(src, dst, "int8_static", _transform(cfg, feats, reduce_range, record), cfg)
     quantized = {op: after["encoder"].get(op, 0) for op in ("QuantizeLinear", "DequantizeLinear", "QLinearMatMul")}
     if not any(quantized.values()):
         notes += ("quantize_static quantized no node",)

@@ -55,7 +55,7 @@ def run_pair(src: Path, dst: Path, stage: str, bits: int, cfg) -> StageOutput:
             raise OptimizeError(f"{stage}.nodes_to_exclude pattern {p!r} matches no node", "use node names as in the stage's input graphs")
     quantizer()  # fail before writing anything when onnx-ir is missing
     record: dict = {}
-    before, after, notes = transform_pair(src, dst, stage, _transform(stage, bits, cfg, record))
+    before, after, notes = transform_pair(src, dst, stage, _transform(stage, bits, cfg, record), cfg)
     for role in after:
         record[role]["MatMulNBits"] = after[role].get("MatMulNBits", 0)
     if not any(after[r].get("MatMulNBits", 0) for r in cfg.graphs):
