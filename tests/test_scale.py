@@ -201,8 +201,8 @@ def test_cpu_benchmark_runs_end_to_end(tmp_path):
     assert list(result["systems"]) == ["official-eager", "ours-fp32", *(f"ours-{v}" for v in variants), *(f"sherpa-{v}" for v in variants), "sherpa-v1-int8"]
     for name, t in result["systems"].items():
         assert t["steps"] == 2, name
-        if name.startswith("sherpa") and "NOT MEASURED" in t["timed"]:
-            continue  # a fitted slope or intercept can come out <= 0 for a tiny model on a busy machine; then it says so
+        if "NOT MEASURED" in t["timed"]:
+            continue  # a fitted slope or a difference of medians can come out <= 0 for a tiny model on a busy machine; then it says so
         assert t["encoder_ms"] > 0 and t["step_ms"] > 0, name
         assert t["rtf"] == pytest.approx(t["e2e_s"] / 3.0)
     assert {r["steps"] for r in result["systems"]["sherpa-v1-int8"]["raw"].values()} == {2, 5, 8}  # caps 1, 2, 3 per s over 298 frames
