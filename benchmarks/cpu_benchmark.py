@@ -290,6 +290,8 @@ def run_system(name: str, args: argparse.Namespace, x: np.ndarray, mem: PeakRss)
     steps = args.steps[0]
     # a step derived from a difference of medians can come out <= 0 when the load changes
     # faster than the runs: then there is no end-to-end figure, and no ratio is formed from it
+    if not r["step_s"] > 0:  # every system's timing says so in one place, whichever path derived it
+        r = r | {"step_s": float("nan"), "timed": r["timed"] + ("" if "NOT MEASURED" in r["timed"] else "; NOT MEASURED: derived step time <= 0")}
     e2e = r["encoder_s"] + steps * r["step_s"] if r["step_s"] > 0 else float("nan")
     return Timing(
         system=name, runtime=r["runtime"], encoder_ms=1e3 * r["encoder_s"], step_ms=1e3 * r["step_s"], steps=steps,
