@@ -112,7 +112,7 @@ def default_pair_v2(default_ckpt_v2, tmp_path_factory):
     return out
 
 
-def _reshape_decoder(model, eos_bias: float = 0.5) -> None:
+def reshape_decoder(decoder, eos: int, eos_bias: float = 0.5) -> None:
     """Make random-weight decoding depend on the input and stop at EOS sometimes.
 
     At random init the scaled, tied embedding dominates the residual stream and the
@@ -122,25 +122,23 @@ def _reshape_decoder(model, eos_bias: float = 0.5) -> None:
     """
     import torch
 
-    eos = model.dims.eos_id
     with torch.no_grad():
-        dec = model.decoder
-        dec.tgt_word_emb.weight.mul_(0.05)
-        for layer in dec.layer_stack:
+        decoder.tgt_word_emb.weight.mul_(0.05)
+        for layer in decoder.layer_stack:
             layer.cross_attn.fc.weight.mul_(4.0)
             for w in (layer.self_attn.fc.weight, layer.mlp.w_1.weight, layer.mlp.w_2.weight):
                 w.mul_(2.0)
-        e = dec.tgt_word_emb.weight[eos]
-        dec.layer_norm_out.bias.add_(eos_bias * e / e.dot(e))
+        e = decoder.tgt_word_emb.weight[eos]
+        decoder.layer_norm_out.bias.add_(eos_bias * e / e.dot(e))
 
 
 @pytest.fixture(scope="session")
 def varied_ckpt(tiny_ckpt, tmp_path_factory):
-    """tiny_ckpt with its decoder reshaped (_reshape_decoder): tokens vary with the input and end at EOS sometimes."""
+    """tiny_ckpt with its decoder reshaped (reshape_decoder): tokens vary with the input and end at EOS sometimes."""
     from optimize.export.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(tiny_ckpt)
-    _reshape_decoder(ckpt.model)
+    reshape_decoder(ckpt.model.decoder, ckpt.model.dims.eos_id)
     out = tmp_path_factory.mktemp("varied_ckpt")
     save_checkpoint(out, ckpt.model, ckpt.cmvn_stats, ckpt.tokens)
     return out

@@ -12,6 +12,7 @@ import argparse
 
 import numpy as np
 import pytest
+from conftest import reshape_decoder
 
 from optimize.errors import OptimizeError
 from optimize.runtime.search import DecodeConfig, beam_search, greedy_search, search, topk
@@ -71,15 +72,7 @@ def official_model(eos_bias: float):
         kernel_size=5, pe_maxlen=5000, sos_id=SOS, eos_id=EOS, pad_id=2, odim=50,
     )
     model = FireRedAsrAed(args).eval()
-    with torch.no_grad():
-        dec = model.decoder
-        dec.tgt_word_emb.weight.mul_(0.05)
-        for layer in dec.layer_stack:
-            layer.cross_attn.fc.weight.mul_(4.0)
-            for w in (layer.self_attn.fc.weight, layer.mlp.w_1.weight, layer.mlp.w_2.weight):
-                w.mul_(2.0)
-        e = dec.tgt_word_emb.weight[EOS]
-        dec.layer_norm_out.bias.add_(eos_bias * e / e.dot(e))
+    reshape_decoder(model.decoder, EOS, eos_bias)
     return model
 
 
