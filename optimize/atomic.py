@@ -13,7 +13,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 
 def temp_path(dst: Path) -> Path:
@@ -80,11 +80,12 @@ def staged_dir(dst: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def copy_files(files: Iterable[Path], dst: Path) -> Path:
-    """Publish copies of `files` as the directory `dst` (the sources are only read)."""
+def copy_files(files: Iterable[Path], dst: Path, names: Mapping[str, str] | None = None) -> Path:
+    """Publish copies of `files` as the directory `dst` (the sources are only read), renamed by `names`."""
+    names = names or {}
     with staged_dir(dst) as tmp:
         for f in files:
-            shutil.copyfile(f, tmp / Path(f).name)
+            shutil.copyfile(f, tmp / names.get(Path(f).name, Path(f).name))
     return Path(dst)
 
 

@@ -19,7 +19,7 @@ import platform
 from pathlib import Path
 
 from optimize import graph
-from optimize.contract import DECODER_FILE, ENCODER_FILE, TOKENS_FILE
+from optimize.contract import model_paths
 from optimize.errors import OptimizeError
 
 RECORD = "stage.json"
@@ -59,8 +59,8 @@ def host() -> dict[str, object]:
 
 def pair_files(model_dir: Path) -> list[Path]:
     """The files of a pair in a fixed order: each graph with its external data, then tokens."""
-    model_dir = Path(model_dir)
-    return [*graph.files_of(model_dir / ENCODER_FILE), *graph.files_of(model_dir / DECODER_FILE), model_dir / TOKENS_FILE]
+    enc, dec, tokens = model_paths(Path(model_dir))  # a published pair's own names (encoder.int8.onnx, ...)
+    return [*graph.files_of(enc), *graph.files_of(dec), tokens]
 
 
 def digests(model_dir: Path) -> dict[str, str]:

@@ -168,7 +168,7 @@ CHUNK = 64  # inputs decoded (and printed) together: bounds memory on long lists
 @app.command()
 @_user_errors
 def transcribe(
-    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt", metavar="MODEL_DIR"),
+    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt (or one published variant: encoder.int8.onnx, ...), or the encoder file of the variant to use", metavar="MODEL_DIR"),
     inputs: List[str] = typer.Argument(..., help="audio files, directories, manifest.jsonl, wav.scp, or - (paths on stdin)", metavar="INPUT"),
     output_format: str = typer.Option("tsv", "-f", "--format", help=f"{'|'.join(FORMATS)}: text per line; id<TAB>text; one JSON document; one JSON object per line (ids, tokens, scores, segment times, durations)"),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help=f"beam width, 1 = greedy [default: {_DECODE.beam_size}]"),
@@ -330,7 +330,7 @@ def _replace(obj, **overrides):
 @_user_errors
 def run(
     recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/cpu_int8.yaml; its relative paths are relative to the recipe file", metavar="RECIPE"),
-    model: Optional[Path] = typer.Option(None, "--model", help="input pair directory [default: the recipe's model]"),
+    model: Optional[Path] = typer.Option(None, "--model", help="input pair directory, or the encoder file of a published variant (DIR/encoder.fp16.onnx) [default: the recipe's model]"),
     data: Optional[Path] = typer.Option(None, "--data", help="eval manifest [default: the recipe's data]"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory [default: the recipe's output, else runs/<recipe name>]"),
     provider: Optional[str] = typer.Option(None, "--provider", help="run the checks on cpu or cuda instead of the recipe's provider (RTF then not representative)"),
@@ -388,7 +388,7 @@ def _fields(by: Optional[str]) -> Optional[tuple[str, ...]]:
 @app.command("eval")
 @_user_errors
 def eval_(
-    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt", metavar="MODEL_DIR"),
+    model_dir: Path = typer.Argument(..., help="directory holding encoder.onnx, decoder.onnx, tokens.txt (or one published variant: encoder.int8.onnx, ...), or the encoder file of the variant to use", metavar="MODEL_DIR"),
     data: Optional[Path] = typer.Option(None, "--data", help="eval manifest [default: the recipe's data, else calibration/eval]"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write every metric to this JSON file"),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="take provider, threads, decode and evaluation settings from this recipe"),

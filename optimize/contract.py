@@ -9,6 +9,7 @@ the package retypes these strings.
 from __future__ import annotations
 
 import math
+import re
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,18 +142,64 @@ def check_io(names_types: list[tuple[str, int]], expected: tuple, what: str, whe
         )
 
 
-def model_paths(model_dir: Path) -> tuple[Path, Path, Path]:
-    """The three files of a pair; raise OptimizeError if one is missing."""
-    model_dir = Path(model_dir)
-    if model_dir.exists() and not model_dir.is_dir():
-        raise OptimizeError(f"model {model_dir} is a file, not a directory", "pass the directory holding encoder.onnx, decoder.onnx, tokens.txt")
-    if not model_dir.is_dir():
-        raise OptimizeError(f"model directory {model_dir} does not exist", "pass a directory holding encoder.onnx, decoder.onnx, tokens.txt")
-    paths = tuple(model_dir / f for f in (ENCODER_FILE, DECODER_FILE, TOKENS_FILE))
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise OptimizeError(f"{model_dir} lacks {', '.join(missing)}", "export the pair with `optimize export CKPT_DIR -o DIR`")
-    return paths  # type: ignore[return-value]
+# sherpa-onnx packages name a pair by its variant: encoder.int8.onnx + decoder.int8.onnx (the int8
+# packages), encoder.onnx + encoder.weights (v2 fp32); users keep siblings (int8, fp16) side by side.
+_VARIANT = re.compile(r"encoder(?:\.([A-Za-z0-9_-]+))?\.onnx")
+_PICK = "pass its encoder file as the model (e.g. {}): the decoder of the same variant and tokens.txt come with it"
+
+
+def variants(model_dir: Path) -> dict[str, tuple[Path, Path]]:
+    """The pairs in `model_dir` by variant: "" for encoder.onnx/decoder.onnx, "int8" for encoder.int8.onnx/decoder.int8.onnx, ..."""
+    out = {}
+    for enc in sorted(Path(model_dir).glob("encoder*.onnx")):
+        m = _VARIANT.fullmatch(enc.name)
+        dec = enc.with_name("decoder" + enc.name[len("encoder") :])
+        if m and enc.is_file() and dec.is_file():
+            out[m.group(1) or ""] = (enc, dec)
+    return out
+
+
+def model_paths(model: Path) -> tuple[Path, Path, Path]:
+    """encoder, decoder and tokens.txt of a pair; raise OptimizeError if one is missing or the choice is ambiguous.
+
+    `model` is a directory holding encoder.onnx + decoder.onnx, or exactly one published variant
+    (encoder.int8.onnx + decoder.int8.onnx, ...), or the encoder file of the variant to use."""
+    model = Path(model)
+    if model.is_file():
+        m = _VARIANT.fullmatch(model.name)
+        if not m:
+            raise OptimizeError(f"model {model} is a file, not a directory or the encoder*.onnx of a pair",
+                                "pass the directory holding encoder.onnx, decoder.onnx, tokens.txt (or a published encoder.int8.onnx)")  # fmt: skip
+        pair = variants(model.parent).get(m.group(1) or "")
+        if pair is None:
+            dec = model.with_name("decoder" + model.name[len("encoder") :])
+            raise OptimizeError(f"{model.parent} lacks {dec.name}, the decoder of {model.name}", "keep the published pair's files together in one directory")
+        return _with_tokens(model.parent, *pair)
+    if not model.is_dir():
+        raise OptimizeError(f"model directory {model} does not exist", "pass a directory holding encoder.onnx, decoder.onnx, tokens.txt")
+    found = variants(model)
+    if "" in found:
+        return _with_tokens(model, *found[""])
+    if len(found) == 1:
+        return _with_tokens(model, *next(iter(found.values())))
+    if found:
+        names = ", ".join(enc.name for enc, _ in found.values())
+        raise OptimizeError(f"{model} holds several pairs ({names}) and no encoder.onnx", _PICK.format(next(iter(found.values()))[0]))
+    missing = [f for f in (ENCODER_FILE, DECODER_FILE, TOKENS_FILE) if not (model / f).is_file()]
+    raise OptimizeError(f"{model} lacks {', '.join(missing)}", "export the pair with `optimize export CKPT_DIR -o DIR`, or pass a published sherpa-onnx model directory")
+
+
+def _with_tokens(model_dir: Path, enc: Path, dec: Path) -> tuple[Path, Path, Path]:
+    tokens = model_dir / TOKENS_FILE
+    if not tokens.is_file():
+        raise OptimizeError(f"{model_dir} lacks {TOKENS_FILE}", f"keep the published {TOKENS_FILE} next to {enc.name}")
+    return enc, dec, tokens
+
+
+def model_files(model: Path) -> dict[str, Path]:
+    """model_paths by role: {"encoder": ..., "decoder": ...}."""
+    enc, dec, _ = model_paths(model)
+    return {"encoder": enc, "decoder": dec}
 
 
 # Op types the report counts as "fused" (ORT contrib ops produced by fusion).

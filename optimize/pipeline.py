@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from optimize import atomic, cache, report, rundir
+from optimize import atomic, cache, contract, report, rundir
 from optimize.child import run_in_child
 from optimize.contract import model_paths
 from optimize.errors import GateFailure, OptimizeError
@@ -27,7 +27,7 @@ from optimize.evaluate.suite import EvalSettings, Evaluator, Progress, load_data
 from optimize.recipe import Recipe, Stage, to_dict
 from optimize.runtime.executor import ExecutorError, cluster
 from optimize.runtime.providers import check_provider
-from optimize.stages import QUANTIZING, STAGES, check_plan, pair_kind
+from optimize.stages import QUANTIZING, STAGE_DEPENDS, STAGES, check_plan, pair_kind
 
 BASELINE = "baseline"
 # Our modules whose code decides what a stage writes / what an evaluation measures.
@@ -122,15 +122,21 @@ def _evaluate_in_child(evaluator: Evaluator, stage_dir: Path, input_dir: Path | 
 
 def _import_baseline(src: Path, dst: Path) -> dict:
     """Copy the input pair into the run directory: every later stage reads only the run's copies."""
-    atomic.copy_files(cache.pair_files(src), dst)
+    enc, dec, _ = model_paths(src)  # a published variant (encoder.int8.onnx, ...) is stored as encoder.onnx, decoder.onnx
+    atomic.copy_files(cache.pair_files(src), dst, {enc.name: contract.ENCODER_FILE, dec.name: contract.DECODER_FILE})
     return {"output": {"notes": [f"the {pair_kind(dst)} input pair, unchanged"]}, "seconds": 0.0, "peak_rss_mb": None}
+
+
+def stage_code(name: str) -> str:
+    """Digest of the code a stage's output depends on: the runner, the stage module and what it builds on."""
+    return cache.code_digest(*STAGE_CODE, *([STAGES[name]] if name in STAGES else []), *STAGE_DEPENDS.get(name, ()))
 
 
 def _produce(stage: Stage, src: Path, dst: Path, options: Options, log: Log) -> dict:
     """The stage's record: from the cache when its key matches, else by running it."""
     inputs = cache.digests(src)
     config = dataclasses.asdict(stage.config) if dataclasses.is_dataclass(stage.config) else {}
-    code = cache.code_digest(*STAGE_CODE, *([STAGES[stage.name]] if stage.name in STAGES else []))
+    code = stage_code(stage.name)
     key = cache.key(stage.name, inputs, {"config": config, "code": code})
     record = None if options.force else cache.finished(dst, key)
     if record:

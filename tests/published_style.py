@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import tempfile
 import types
@@ -224,28 +223,29 @@ def make_published(ckpt_dir: Path, out_dir: Path, style: str = "v2", external: s
     return out_dir
 
 
-def to_fp16(src: Path, dst: Path) -> Path:
-    """The fp16 sibling: ORT's float16 conversion, default block list, float32 I/O (keep_io_types); recipe unpublished."""
+def to_fp16(src: Path, dst: Path, variant: str = "") -> Path:
+    """The fp16 sibling: ORT's float16 conversion, default block list, float32 I/O (keep_io_types); recipe unpublished.
+    `variant` ".fp16" names the graphs encoder.fp16.onnx, decoder.fp16.onnx."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("encoder.onnx", "decoder.onnx"):
-        model = onnx.load(str(src / name))
+    for name in ("encoder", "decoder"):
+        model = onnx.load(str(src / f"{name}.onnx"))
         half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
-        onnx.save_model(half, str(dst / name))
+        onnx.save_model(half, str(dst / f"{name}{variant}.onnx"))
     (dst / "tokens.txt").write_bytes((src / "tokens.txt").read_bytes())
     return dst
 
 
 def to_int8(src: Path, dst: Path) -> Path:
-    """The released int8 recipe: quantize_dynamic on MatMul, QInt8 (sherpa-onnx's scripts)."""
+    """The released int8 recipe: quantize_dynamic on MatMul, QInt8 (sherpa-onnx's scripts), under the released
+    names encoder.int8.onnx, decoder.int8.onnx."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("encoder", "decoder"):
         quantize_dynamic(str(src / f"{name}.onnx"), str(dst / f"{name}.int8.onnx"), op_types_to_quantize=["MatMul"],
                          weight_type=QuantType.QInt8)  # fmt: skip
-        os.replace(dst / f"{name}.int8.onnx", dst / f"{name}.onnx")
     (dst / "tokens.txt").write_bytes((src / "tokens.txt").read_bytes())
     return dst
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,21 @@ def test_code_digest_changes_with_source():
     a = cache.code_digest("optimize.stages.int8")
     assert a == cache.code_digest("optimize.stages.int8") != cache.code_digest("optimize.stages.fp16")
     json.dumps(cache.tool_versions())  # plain strings
+
+
+def test_reexport_key_covers_the_exporter_and_the_lift(monkeypatch, tmp_path):
+    """An edit of optimize/export (lift, exporter) redoes a cached reexport, not only an edit of the stage."""
+    import importlib.util
+
+    from optimize import pipeline
+
+    before = {name: pipeline.stage_code(name) for name in ("reexport", "simplify")}
+    real = importlib.util.find_spec
+    for module in ("optimize.export.lift", "optimize.export.exporter"):
+        edited = tmp_path / f"{module}.py"
+        edited.write_bytes(Path(real(module).origin).read_bytes() + b"\n# edited\n")
+        spec = importlib.util.spec_from_file_location(module, edited)
+        with monkeypatch.context() as m:
+            m.setattr(importlib.util, "find_spec", lambda name, *a, _s=spec, _m=module: _s if name == _m else real(name, *a))
+            assert pipeline.stage_code("reexport") != before["reexport"], module
+            assert pipeline.stage_code("simplify") == before["simplify"]

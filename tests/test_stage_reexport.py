@@ -36,7 +36,8 @@ def published(tiny_ckpt, tmp_path_factory):
         "v2-data": published_style.make_published(tiny_ckpt, root / "v2-data", "v2", ".data"),
     }
     pairs["v2-fp16"] = published_style.to_fp16(pairs["v2"], root / "v2-fp16")
-    pairs["v1-int8"] = published_style.to_int8(pairs["v1"], root / "v1-int8")
+    pairs["v1-int8"] = published_style.to_int8(pairs["v1"], root / "v1-int8")  # encoder.int8.onnx, decoder.int8.onnx
+    pairs["v1-siblings"] = published_style.to_fp16(pairs["v1"], published_style.to_int8(pairs["v1"], root / "v1-siblings"), ".fp16")
     return pairs
 
 
@@ -57,7 +58,7 @@ def test_fixture_is_published_style(published):
     v2 = onnx.load(str(published["v2"] / "encoder.onnx"), load_external_data=False)
     assert v2.opset_import[0].version == 17 and (published["v2"] / "encoder.weights").is_file()
     assert dict(graph.metadata(v2))["version"] == "2" and dict(graph.metadata(enc))["maintainer"] == "k2-fsa"
-    assert reexport.needed(published["v2"]) and graph.quantized_ops(onnx.load(str(published["v1-int8"] / "decoder.onnx")))
+    assert reexport.needed(published["v2"]) and graph.quantized_ops(onnx.load(str(published["v1-int8"] / "decoder.int8.onnx")))
 
 
 @pytest.mark.parametrize("style", ["v1", "v2", "v2-data", "v2-fp16"])
@@ -129,6 +130,36 @@ def test_eval_and_transcribe_run_a_published_int8_pair_as_it_is(published, tmp_p
     result = cli("eval", published["v1-int8"], "--recipe", recipe)
     assert result.exit_code == 0, (result.stdout, result.stderr)
     assert "RTF" in result.stdout and "MatMulInteger" in result.stdout
+
+
+def test_published_file_names_are_taken_as_they_are(published, tmp_path):
+    """sherpa-onnx's names: a lone encoder.int8.onnx pair is the model; of siblings, the encoder file picks one."""
+    assert [p.name for p in contract.model_paths(published["v1-int8"])] == ["encoder.int8.onnx", "decoder.int8.onnx", "tokens.txt"]
+    siblings = published["v1-siblings"]
+    fp16 = contract.model_paths(siblings / "encoder.fp16.onnx")
+    assert [p.name for p in fp16] == ["encoder.fp16.onnx", "decoder.fp16.onnx", "tokens.txt"]
+    recipe = tiny_recipe(tmp_path / "r.yaml", siblings, ["int8"], tmp_path / "run")
+    assert_one_line_failure(cli("run", recipe), "holds several pairs", "encoder.fp16.onnx", "encoder.int8.onnx", f"{siblings}/encoder.fp16.onnx")
+    result = cli("run", recipe, "--model", siblings / "encoder.int8.onnx")
+    assert_one_line_failure(result, "already quantized", "MatMulInteger", "fp32 or fp16 files")
+    assert not (tmp_path / "run").exists()
+    lone = copy_pair(siblings, tmp_path / "lone")
+    (lone / "decoder.fp16.onnx").unlink()  # encoder.fp16.onnx without its decoder: not a pair
+    assert [p.name for p in contract.model_paths(lone)][:2] == ["encoder.int8.onnx", "decoder.int8.onnx"]
+    assert_one_line_failure(cli("eval", lone / "encoder.fp16.onnx", "--recipe", recipe), "lacks decoder.fp16.onnx")
+
+
+def test_pipeline_takes_a_published_variant_by_its_encoder_file(published, tmp_path):
+    """--model DIR/encoder.fp16.onnx: the baseline stores it as encoder.onnx/decoder.onnx, reexport follows."""
+    recipe = tiny_recipe(tmp_path / "r.yaml", published["v1-siblings"] / "encoder.fp16.onnx", [], tmp_path / "run",
+                         gates={"max_error_rate_increase": 0.5, "min_token_agreement": 0.5, "min_speedup": 0.01, "min_logits_cosine": 0.999})  # fmt: skip
+    result = cli("run", recipe)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    baseline = tmp_path / "run" / "0-baseline"
+    names = {p.name for p in baseline.iterdir()}
+    assert {"encoder.onnx", "decoder.onnx", "tokens.txt"} <= names and not names & {"encoder.fp16.onnx", "encoder.int8.onnx"}, names
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.load(baseline / "encoder.onnx").graph.initializer)
+    assert (tmp_path / "run" / "1-reexport").is_dir() and (tmp_path / "run" / "final" / "encoder.onnx").is_file()
 
 
 def test_graph_without_module_paths_is_refused(published, tmp_path):

@@ -184,11 +184,11 @@ class Evaluator:
     def _contract(self, model_dir: Path) -> dict:
         if self.baseline_dir is None:
             return {}  # OrtPair checked names, types and metadata keys on load
-        for role, fname in contract.GRAPHS.items():
-            ref = graph.load(self.baseline_dir / fname, load_external=False)
-            contract.verify_contract(ref, graph.load(model_dir / fname, load_external=False), f"{model_dir.name} ({role})")
-        if (model_dir / contract.TOKENS_FILE).read_bytes() != (self.baseline_dir / contract.TOKENS_FILE).read_bytes():
-            raise OptimizeError(f"{model_dir / contract.TOKENS_FILE} differs from the baseline's", "copy tokens.txt unchanged")
+        (*refs, ref_tokens), (*files, tokens) = contract.model_paths(self.baseline_dir), contract.model_paths(model_dir)
+        for role, ref, f in zip(contract.GRAPHS, refs, files):
+            contract.verify_contract(graph.load(ref, load_external=False), graph.load(f, load_external=False), f"{model_dir.name} ({role})")
+        if tokens.read_bytes() != ref_tokens.read_bytes():
+            raise OptimizeError(f"{tokens} differs from the baseline's", "copy tokens.txt unchanged")
         return {}
 
     def reference_runs(self, model_dir: Path) -> list[parity.ProbeRun]:
@@ -271,8 +271,9 @@ class Evaluator:
 
 
 def _ops(model_dir: Path) -> dict:
-    counts = {role: graph.op_counts(graph.load(model_dir / f, load_external=False)) for role, f in contract.GRAPHS.items()}
+    files = contract.model_files(model_dir)
+    counts = {role: graph.op_counts(graph.load(f, load_external=False)) for role, f in files.items()}
     total = lambda ops: sum(c.get(op, 0) for c in counts.values() for op in ops)  # noqa: E731
     stats = {"fused": total(contract.FUSED_OPS), **{op: total((op,)) for op in TRACKED_OPS}, "nodes": sum(sum(c.values()) for c in counts.values())}
-    size = sum(p.stat().st_size for p in [*graph.files_of(model_dir / contract.ENCODER_FILE), *graph.files_of(model_dir / contract.DECODER_FILE)])
+    size = sum(graph.size_bytes(f) for f in files.values())
     return {"ops": counts, "op_stats": stats, "size_mb": size / 1e6}

@@ -115,7 +115,7 @@ class Recognizer:
         self.timestamps = timestamps
         # CUDA always binds: a host round trip of cross K/V and both caches per step is what IOBinding removes
         self.bound = BoundPair(self.pair) if options.binds(provider) else None
-        self.tokens = TokenTable.read(Path(model_dir) / contract.TOKENS_FILE)
+        self.tokens = TokenTable.read(contract.model_paths(Path(model_dir))[2])
         info = self.pair.info
         if len(self.tokens) != info.vocab_size:
             raise OptimizeError(

@@ -52,6 +52,12 @@ STAGES = {
     "int8_weight_only": "optimize.stages.int8_weight_only",
     "int4_weight_only": "optimize.stages.int4_weight_only",
 }
+# Modules a stage's output depends on beyond its own: the cache key hashes their source too, so
+# an edit of the lift or the exporter redoes a cached reexport.
+STAGE_DEPENDS = {
+    "reexport": ("optimize.export.lift", "optimize.export.exporter", "optimize.export.model", "optimize.export.checkpoint",
+                 "optimize.runtime.features", "optimize.contract", "optimize.evaluate.parity"),  # fmt: skip
+}
 
 @dataclass(frozen=True)
 class StageOutput:

@@ -55,15 +55,15 @@ Config = ReexportConfig
 
 def needed(model_dir: Path) -> bool:
     """Whether `model_dir` holds a pair not made by `optimize export` (published style): no cross_attn_mask."""
-    decoder = graph.load(Path(model_dir) / contract.DECODER_FILE, load_external=False)
+    decoder = graph.load(contract.model_files(model_dir)["decoder"], load_external=False)
     return contract.CROSS_MASK not in {i.name for i in decoder.graph.input}
 
 
 def quantized(model_dir: Path) -> dict[str, dict[str, int]]:
     """Quantization op counts per graph of `model_dir` (empty when both graphs are float)."""
     out = {}
-    for role, fname in GRAPHS.items():
-        q = graph.quantized_ops(graph.load(Path(model_dir) / fname, load_external=False))
+    for role, f in contract.model_files(model_dir).items():
+        q = graph.quantized_ops(graph.load(f, load_external=False))
         if q:
             out[role] = q
     return out
