@@ -15,6 +15,9 @@
    writes a table: size and CPU time relative to our export's final pair under the same
    recipe, whether the final files are byte-identical, error rate, agreement with the
    published input and the reexport stage's proof.
+4. Decodes the eval subset with sherpa-onnx (OfflineRecognizer.from_fire_red_asr, greedy)
+   on every final pair and counts the utterances whose text equals our greedy search's
+   (sherpa stops at 8 tokens per second of audio: a prefix of ours there also counts).
 """
 
 from __future__ import annotations
@@ -90,6 +93,30 @@ def cpu_rtf(final: Path, recipe: str, out: Path, tag: str, data: Path) -> float:
     return json.loads(js.read_text())["metrics"]["rtf"]["cpu_rtf"]
 
 
+def sherpa_agreement(final: Path, data: Path) -> tuple[int, int]:
+    """(utterances where sherpa-onnx's greedy text equals ours, or is a prefix cut by its length cap; utterances)."""
+    import sherpa_onnx
+
+    from optimize.corpus.manifest import read_manifest
+    from optimize.runtime.audio import load_audio
+    from optimize.runtime.recognizer import Recognizer
+    from optimize.runtime.search import DecodeConfig
+
+    rec = sherpa_onnx.OfflineRecognizer.from_fire_red_asr(encoder=str(final / "encoder.onnx"), decoder=str(final / "decoder.onnx"),
+                                                          tokens=str(final / "tokens.txt"), num_threads=1, decoding_method="greedy_search")  # fmt: skip
+    ours = Recognizer(final, DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0))
+    utts, agree = read_manifest(data), 0
+    for u in utts:
+        samples = load_audio(u.audio)
+        stream = rec.create_stream()
+        stream.accept_waveform(16000, samples / 32768.0)
+        rec.decode_stream(stream)
+        theirs, mine = stream.result.text.strip(), ours.recognize_features([ours.features(samples)])[0].text
+        capped = len(stream.result.tokens) >= int(u.duration * 8) - 1
+        agree += theirs == mine or (capped and mine.startswith(theirs))
+    return agree, len(utts)
+
+
 def digest(pair: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(pair.iterdir()):
@@ -123,16 +150,17 @@ def main() -> None:
         rows.append({"recipe": recipe, "input": name, "size_mb": size, "size_ratio": size / own_size, "cpu_rtf": rtf,
                      "cpu_rtf_ratio": rtf / own_rtf, "identical_to_own": digest(run_dir / "final") == digest(own / "final"),
                      "error_rate": last["error_rate"], "baseline_error_rate": first["error_rate"], "agreement": last["token_agreement"],
-                     "baseline_cpu_rtf": first["rtf_cpu"], "stages": [s["name"] for s in report["stages"]], "proof": proof[1:]})  # fmt: skip
+                     "baseline_cpu_rtf": first["rtf_cpu"], "stages": [s["name"] for s in report["stages"]], "proof": proof[1:],
+                     "sherpa_agrees": sherpa_agreement(run_dir / "final", data)})  # fmt: skip
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"), "cpu": lscpu(),
             "python": platform.python_version(), "threads": 1, "rounds": a.rounds, "data": str(data), "rows": rows}  # fmt: skip
     (a.out / "results.json").write_text(json.dumps(meta, indent=1))
     print(json.dumps(meta["cpu"]))
-    print("| recipe | input | stages | final MB | size vs own | CPU RTF | CPU time vs own | final identical to own | error rate % (published input) | agreement |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| recipe | input | stages | final MB | size vs own | CPU RTF | CPU time vs own | final identical to own | error rate % (published input) | agreement | sherpa-onnx = our greedy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['recipe']} | {r['input']} | {' > '.join(r['stages'])} | {r['size_mb']:.2f} | {r['size_ratio']:.3f} | {r['cpu_rtf']:.4f} | "
-              f"{r['cpu_rtf_ratio']:.3f} | {'yes' if r['identical_to_own'] else 'no'} | {r['error_rate']:.2f} ({r['baseline_error_rate']:.2f}) | {r['agreement']:.3f} |")  # fmt: skip
+              f"{r['cpu_rtf_ratio']:.3f} | {'yes' if r['identical_to_own'] else 'no'} | {r['error_rate']:.2f} ({r['baseline_error_rate']:.2f}) | {r['agreement']:.3f} | {r['sherpa_agrees'][0]}/{r['sherpa_agrees'][1]} |")  # fmt: skip
 
 
 if __name__ == "__main__":
