@@ -3,13 +3,15 @@
     python benchmarks/make_aed_l.py work/aed_l          # once: checkpoint, exports, int8 pairs, variants
     python benchmarks/cpu_benchmark.py work/aed_l       # --int8 DIR to time a pipeline output instead
 
-ROOT is a make_aed_l.py output (ckpt/, fp32/, int8/, int8-v1/, and the variants int4dec/
-and int8-static/ where present). Systems, timed one after another (each loaded, timed and
+ROOT is a make_aed_l.py output (ckpt/, fp32/, int8/, int8-v1/, and the variants int4dec/,
+int4ffn/ and int8-static/ where present). Systems, timed one after another (each loaded, timed and
 freed before the next, so that only one model is in memory):
   official-eager  fireredasr==0.0.2 FireRedAsrAed, torch fp32: `encoder(x, x_len)`, then
                   `decoder.batch_beam_search` at each --beams with decode_max_len = each
                   --steps and eos disabled, so it runs exactly that many steps
   ours-fp32       our runtime (Recognizer: encoder, then the greedy search) on ROOT/fp32
+  ours-int8-spinning  the same on the int8 pair with ORT's intra-op spinning on (our runtime
+                  turns it off; ORT and sherpa-onnx leave it on)
   ours-<variant>  the same on each variant pair (--variants; int8 = --int8 or ROOT/int8), at
                   each --beams x --steps, and at each --batches (beam 1, first --steps) for
                   aggregate throughput (B copies of the input decoded as one batch)
@@ -53,8 +55,11 @@ import numpy as np
 from optimize import contract
 from optimize.evaluate.memory import GIB, PeakRss
 
-VARIANTS = ("int8", "int4dec", "int8-static")  # our pairs: make_aed_l.py step names
-SYSTEMS = ("official-eager", "ours-fp32", *(f"ours-{v}" for v in VARIANTS), *(f"sherpa-{v}" for v in VARIANTS), "sherpa-v1-int8")
+VARIANTS = ("int8", "int4dec", "int4ffn", "int8-static")  # our pairs: make_aed_l.py step names
+# ours-int8-spinning: our runtime on the int8 pair with ORT's intra-op spinning on (ORT's and
+# sherpa-onnx's default; ours is off, runtime/providers.py), encoder + greedy only
+SYSTEMS = ("official-eager", "ours-fp32", *(f"ours-{v}" for v in VARIANTS), "ours-int8-spinning",
+           *(f"sherpa-{v}" for v in VARIANTS), "sherpa-v1-int8")  # fmt: skip
 SAMPLE_RATE = 16000
 # The targets at full AED-L size: (ratio key, minimum); "<=" ones are maxima (TARGET_MAXIMA).
 TARGETS = (
@@ -65,6 +70,7 @@ TARGETS = (
     *((f"e2e speedup {v} vs official eager", 10.0) for v in VARIANTS),
     *((f"e2e speedup ours vs sherpa-onnx, {v} pair", 1.0) for v in VARIANTS),
     ("decoder step speedup int4dec vs int8 (our runtime)", 1.7),
+    ("decoder step speedup int4ffn vs int8 (our runtime)", 1.7),
     *((f"batch 16 vs batch 1 throughput, {v}", 4.0) for v in VARIANTS),
 )
 TARGET_MAXIMA = tuple((f"beam 3 vs greedy per step, {v}", 1.5) for v in VARIANTS) + (("rtf ours-int8", 0.25),)
@@ -181,16 +187,21 @@ def grid_key(beam: int, steps: int) -> str:
     return f"beam {beam}, {steps} steps"
 
 
-def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: bool) -> dict:
-    """Our runtime as `optimize transcribe` runs it; `full`: the beam grid and the batch sizes too."""
+def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: bool, spinning: bool = False) -> dict:
+    """Our runtime as `optimize transcribe` runs it; `full`: the beam grid and the batch sizes too.
+
+    `spinning`: ORT's intra-op spinning on (our runtime's default is off).
+    """
     import onnxruntime as ort
 
+    from optimize.runtime.providers import ProviderOptions
     from optimize.runtime.recognizer import Recognizer
     from optimize.runtime.search import DecodeConfig
 
     batches = sorted(set(args.batches) | {1}) if full else [1]
     start = time.perf_counter()
-    rec = Recognizer(pair_dir, DecodeConfig(batch_size=max(batches)), threads=args.threads)
+    options = ProviderOptions(intra_op_spinning=spinning)
+    rec = Recognizer(pair_dir, DecodeConfig(batch_size=max(batches)), threads=args.threads, options=options)
     load_s = time.perf_counter() - start
     feats = x[0]
     raw, by, throughput = {}, {}, {}
@@ -213,7 +224,8 @@ def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: boo
              f"throughput = B x audio seconds / whole at beam 1, {args.steps[0]} steps")  # fmt: skip
     if any(np.isnan(v) for v in by.values()):
         timed += f"; NOT MEASURED: whole decode not longer than the encoder alone at {[k for k, v in by.items() if np.isnan(v)]}"
-    return dict(runtime=f"onnxruntime {ort.__version__} (our runtime)", encoder_s=encoder_s, step_s=by[grid_key(1, args.steps[0])],
+    runtime = f"onnxruntime {ort.__version__} (our runtime{', intra-op spinning' if spinning else ''})"
+    return dict(runtime=runtime, encoder_s=encoder_s, step_s=by[grid_key(1, args.steps[0])],
                 load_s=load_s, timed=timed, raw=raw, step_s_by=by, throughput=throughput)  # fmt: skip
 
 
@@ -271,7 +283,7 @@ def time_sherpa(pair_dir: Path, seconds: float, args: argparse.Namespace) -> dic
 
 def pair_of(name: str, args: argparse.Namespace) -> Path:
     """The pair a system of ours or sherpa-onnx's runs."""
-    variant = name.split("-", 1)[1]
+    variant = name.split("-", 1)[1].removesuffix("-spinning")
     if variant == "int8" and args.int8:
         return args.int8
     return args.root / ("int8-v1" if variant == "v1-int8" else variant)
@@ -283,7 +295,7 @@ def run_system(name: str, args: argparse.Namespace, x: np.ndarray, mem: PeakRss)
         if name == "official-eager":
             r = time_official(args.root / "ckpt", x, args)
         elif name.startswith("ours-"):
-            r = time_ours(pair_of(name, args), x, args, full=name != "ours-fp32")
+            r = time_ours(pair_of(name, args), x, args, full=name not in ("ours-fp32", "ours-int8-spinning"), spinning=name.endswith("-spinning"))
         else:
             r = time_sherpa(pair_of(name, args), seconds, args)
         gc.collect()  # the model goes before the next system loads
@@ -311,7 +323,10 @@ def ratios(rows: dict[str, Timing], args: argparse.Namespace) -> dict[str, float
         "decoder step speedup ours vs v1-layout int8 (sherpa-onnx both)": ("sherpa-v1-int8", "sherpa-int8", "step_ms"),
         "decoder step speedup ours vs v1-layout int8 (our runtime vs sherpa v1)": ("sherpa-v1-int8", "ours-int8", "step_ms"),
         "decoder step speedup int4dec vs int8 (our runtime)": ("ours-int8", "ours-int4dec", "step_ms"),
+        "decoder step speedup int4ffn vs int8 (our runtime)": ("ours-int8", "ours-int4ffn", "step_ms"),
         "encoder speedup int8-static vs int8 (our runtime)": ("ours-int8", "ours-int8-static", "encoder_ms"),
+        "e2e speedup int8 no spinning (ours) vs spinning": ("ours-int8-spinning", "ours-int8", "e2e_s"),
+        "encoder speedup int8 no spinning (ours) vs spinning": ("ours-int8-spinning", "ours-int8", "encoder_ms"),
         **{f"e2e speedup {v} vs official eager": ("official-eager", f"ours-{v}", "e2e_s") for v in VARIANTS},
         **{f"e2e speedup ours vs sherpa-onnx, {v} pair": (f"sherpa-{v}", f"ours-{v}", "e2e_s") for v in VARIANTS},
         **{f"encoder speedup ours vs sherpa-onnx, {v} pair": (f"sherpa-{v}", f"ours-{v}", "encoder_ms") for v in VARIANTS},
@@ -354,6 +369,7 @@ def profile_by_op(pair_dir: Path, x: np.ndarray, steps: int, threads: int, out_d
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.log_severity_level = threads, 3
         so.enable_profiling, so.profile_file_prefix = True, str(out_dir / f"ort_profile_{role}")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as our runtime
         sessions[role] = ort.InferenceSession(str(pair_dir / fname), so, providers=["CPUExecutionProvider"])
     for _ in range(2):  # the first run is the warm-up, left out of the summary
         _raw_forced_decode(sessions["encoder"], sessions["decoder"], x, steps)
@@ -487,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     missed = any(not c["met"] for c in checks.values())
     if args.profile == "always" or (args.profile == "on-miss" and missed):
         out = (args.json or args.root / "cpu_benchmark.json").parent / "profiles"
-        for name in [n for n in rows if n.startswith("ours-") and n != "ours-fp32"]:
+        for name in [n for n in rows if n.startswith("ours-") and n not in ("ours-fp32", "ours-int8-spinning")]:
             report[f"profile_{name}"] = profile_by_op(pair_of(name, args), x, args.steps[0], args.threads, out / name)
             text += "\n" + profile_markdown(report[f"profile_{name}"], name)
     path = args.json or args.root / "cpu_benchmark.json"

@@ -12,6 +12,8 @@ Writes, under OUT (a step whose output exists is skipped, so an interrupted run 
   int8-v1/   fp32-v1/ through the same quantization: the v1-layout int8 pair
   int4dec/   int8/'s encoder + fp32/'s decoder through the int4_weight_only stage (symmetric
              4-bit blocks of 32, accuracy_level 4): the int4-decoder variant
+  int4ffn/   the same with recipes/cpu_int8_int4dec.yaml's int4_weight_only settings: 4-bit
+             FFN weights, the decoder's other MatMuls dynamic int8 (the shipped variant)
   int8-static/  fp32/'s encoder through the int8_static stage (ranges from calibration/calib,
              per-channel) + int8/'s decoder: the static-int8 encoder variant
   make_aed_l.json  dims, parameter count, bytes on disk and peak RSS per step and phase (each
@@ -51,7 +53,7 @@ import onnx
 from optimize import contract, graph
 from optimize.evaluate.memory import GIB, PeakRss, max_rss_bytes, rss_bytes
 
-STEPS = ("ckpt", "fp32", "fp32-v1", "int8", "int8-v1", "int4dec", "int8-static")
+STEPS = ("ckpt", "fp32", "fp32-v1", "int8", "int8-v1", "int4dec", "int4ffn", "int8-static")
 # FireRedASR-AED-L: encoder 710,543,968 + decoder 429,806,080 parameters (the tied output
 # projection counted once); measured on d_model 1280 checkpoints as count(1+1 layers) +
 # 15 x (count(2+2) - count(1+1)), and equal to the published 710.5M / 429.8M.
@@ -235,7 +237,20 @@ def _quantizer_phases(mem: PeakRss, prefix: str):
 
 CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "calib" / "audio"
 # variant -> (stage, the pair whose encoder it starts from, the pair whose decoder it starts from)
-VARIANTS = {"int4dec": ("int4_weight_only", "int8", "fp32"), "int8-static": ("int8_static", "fp32", "int8")}
+VARIANTS = {"int4dec": ("int4_weight_only", "int8", "fp32"), "int4ffn": ("int4_weight_only", "int8", "fp32"),
+            "int8-static": ("int8_static", "fp32", "int8")}  # fmt: skip
+INT4_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "cpu_int8_int4dec.yaml"
+
+
+def variant_config(step: str, stage):
+    """The stage config of a variant: int4ffn takes the shipped recipe's, the others the stage defaults."""
+    if step == "int8-static":
+        return stage.Config(calibration=CALIBRATION)
+    if step == "int4ffn":
+        from optimize.recipe import load_recipe
+
+        return next(s.config for s in load_recipe(INT4_RECIPE).stages if s.name == "int4_weight_only")
+    return stage.Config()
 
 
 def variant_pair(out: Path, step: str, target: Path) -> dict:
@@ -257,8 +272,7 @@ def variant_pair(out: Path, step: str, target: Path) -> dict:
                 shutil.copyfile(f, mixed / f.name)
         shutil.copyfile(out / "fp32" / contract.TOKENS_FILE, mixed / contract.TOKENS_FILE)
         stage = load_stage(name)
-        cfg = stage.Config(calibration=CALIBRATION) if name == "int8_static" else stage.Config()
-        result = stage.run(mixed, target, cfg)
+        result = stage.run(mixed, target, variant_config(step, stage))
     finally:
         shutil.rmtree(mixed, ignore_errors=True)
     return {"stage": name, "notes": list(result.notes), "details": result.details}

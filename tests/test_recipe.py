@@ -115,11 +115,13 @@ def test_overrides_replace_and_revalidate(tmp_path):
 
 
 def test_int4_decoder_recipe_splits_the_graphs():
-    """cpu_int8_int4dec: 4-bit symmetric weights for the decoder only, dynamic int8 for the encoder only."""
+    """cpu_int8_int4dec: 4-bit symmetric weights for the decoder's FFN, dynamic int8 for the rest."""
     recipe = load_recipe(REPO / "recipes" / "cpu_int8_int4dec.yaml")
     ref = load_recipe(REPO / "recipes" / "cpu_int8.yaml")
     assert [s.name for s in recipe.stages] == ["simplify", "fuse", "int4_weight_only", "int8"]
     assert recipe.stages[:2] == ref.stages[:2]
+    assert (recipe.model, recipe.data) == (ref.model, ref.data)  # paths relative to the recipe file, as cpu_int8.yaml
     int4, int8 = recipe.stages[2].config, recipe.stages[3].config
     assert int4.graphs == ("decoder",) and int4.is_symmetric and int4.block_size == 32 and int4.accuracy_level == 4
+    assert int4.excluded_as == "int8" and "/tgt_word_prj/*" in int4.nodes_to_exclude  # 4-bit FFN only (BENCHMARKS 9.1)
     assert int8.graphs == ("encoder",) and int8.reduce_range == "auto"

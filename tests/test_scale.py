@@ -189,16 +189,19 @@ def test_cpu_benchmark_runs_end_to_end(tmp_path):
     made = run(BENCHMARKS / "make_aed_l.py", root, *TINY_ARGS)
     assert made.returncode == 0, made.stderr[-3000:]
     report = json.loads((root / "make_aed_l.json").read_text())
-    assert set(report["steps"]) == {"ckpt", "fp32", "fp32-v1", "int8", "int8-v1", "int4dec", "int8-static"}
+    assert set(report["steps"]) == {"ckpt", "fp32", "fp32-v1", "int8", "int8-v1", "int4dec", "int4ffn", "int8-static"}
     assert report["steps"]["int4dec"]["stage"]["details"]["decoder"]["MatMulNBits"] > 0
+    assert report["steps"]["int4ffn"]["stage"]["details"]["decoder"]["int8_nodes"]  # the recipe's mix
     assert all(r["max_rss_gib"] > r["baseline_rss_gib"] for r in report["steps"].values())
 
     out = tmp_path / "bench.json"
     bench = run(BENCHMARKS / "cpu_benchmark.py", root, "--steps", 2, "--repeats", 1, "--frames", 300, "--batches", 1, 2, "--profile", "always", "--json", out)
     assert bench.returncode == 0, bench.stderr[-3000:]
     result = json.loads(out.read_text())
-    variants = ["int8", "int4dec", "int8-static"]
-    assert list(result["systems"]) == ["official-eager", "ours-fp32", *(f"ours-{v}" for v in variants), *(f"sherpa-{v}" for v in variants), "sherpa-v1-int8"]
+    variants = ["int8", "int4dec", "int4ffn", "int8-static"]
+    assert list(result["systems"]) == ["official-eager", "ours-fp32", *(f"ours-{v}" for v in variants), "ours-int8-spinning",
+                                       *(f"sherpa-{v}" for v in variants), "sherpa-v1-int8"]  # fmt: skip
+    assert "intra-op spinning" in result["systems"]["ours-int8-spinning"]["runtime"]
     for name, t in result["systems"].items():
         assert t["steps"] == 2, name
         if "NOT MEASURED" in t["timed"]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -12,6 +14,7 @@ from stage_helpers import assert_contract_kept, outside_contract_pair, probe_par
 from optimize.errors import OptimizeError
 from optimize.stages import int4_weight_only, nbits
 
+REPO = Path(__file__).resolve().parents[1]
 K, N = 256, 384  # a decoder-like weight, small enough for seconds
 
 
@@ -88,3 +91,26 @@ def test_m1_check_refuses_a_wrong_kernel(monkeypatch, tiny_pair, tmp_path):
     with pytest.raises(OptimizeError, match="#29853"):
         int4_weight_only.run(tiny_pair, tmp_path / "out", int4_weight_only.Int4WeightOnlyConfig())
     assert not (tmp_path / "out").exists()
+
+
+def test_excluded_matmuls_as_int8(tiny_pair, tmp_path):
+    """The shipped recipe's mix: 4-bit FFN, the decoder's other constant-weight MatMuls dynamic int8, none left float."""
+    from optimize.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "cpu_int8_int4dec.yaml")
+    cfg = next(s.config for s in recipe.stages if s.name == "int4_weight_only")
+    assert cfg.excluded_as == "int8"
+    dst = tmp_path / "out"
+    out = int4_weight_only.run(tiny_pair, dst, cfg)
+    dec = onnx.load(dst / "decoder.onnx")
+    consts = {t.name for t in dec.graph.initializer}
+    nbit = [n.name for n in dec.graph.node if n.op_type == "MatMulNBits"]
+    assert nbit and all(n.startswith("/mlp/") for n in nbit)
+    assert out.details["decoder"]["int8_nodes"] and any("tgt_word_prj" in n for n in out.details["decoder"]["int8_nodes"])
+    assert not [n.name for n in dec.graph.node if n.op_type == "MatMul" and n.input[1] in consts]  # no float weight left
+    assert out.ops_after["decoder"].get("MatMulInteger", 0) == len(out.details["decoder"]["int8_nodes"])
+    p = probe_parity(tiny_pair, dst)
+    assert p.cross_kv_rel_error == 0 and p.teacher_forced_cosine > 0.995
+    assert_contract_kept(tiny_pair, dst)
+    with pytest.raises(OptimizeError, match="excluded_as"):
+        int4_weight_only.Int4WeightOnlyConfig(excluded_as="fp16")

@@ -33,11 +33,14 @@ class Int4WeightOnlyConfig:
     accuracy_level: int = 4
     # node-name patterns (fnmatch) left in float, e.g. the output projection "/decoder/tgt_word_prj/*"
     nodes_to_exclude: tuple[str, ...] = ()
+    # what the MatMuls left out by nodes_to_exclude become: "float" (kept), or "int8" (dynamic,
+    # per-channel, as the int8 stage): mixed precision in one stage
+    excluded_as: str = "float"
     # graphs to quantize; the others are copied unchanged (the compute-bound encoder gains nothing)
     graphs: tuple[str, ...] = ("decoder",)
 
     def __post_init__(self):
-        nbits.check_config("int4_weight_only", self.block_size, self.accuracy_level, self.graphs)
+        nbits.check_config("int4_weight_only", self.block_size, self.accuracy_level, self.graphs, self.excluded_as)
 
 
 Config = Int4WeightOnlyConfig

@@ -27,11 +27,14 @@ class Int8WeightOnlyConfig:
     accuracy_level: int = 4
     # node-name patterns (fnmatch) left in float
     nodes_to_exclude: tuple[str, ...] = ()
+    # what the MatMuls left out by nodes_to_exclude become: "float" (kept), or "int8" (dynamic,
+    # per-channel, as the int8 stage): mixed precision in one stage
+    excluded_as: str = "float"
     # graphs to quantize; the others are copied unchanged
     graphs: tuple[str, ...] = ("encoder", "decoder")
 
     def __post_init__(self):
-        nbits.check_config("int8_weight_only", self.block_size, self.accuracy_level, self.graphs)
+        nbits.check_config("int8_weight_only", self.block_size, self.accuracy_level, self.graphs, self.excluded_as)
 
 
 Config = Int8WeightOnlyConfig

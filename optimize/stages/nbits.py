@@ -36,8 +36,14 @@ def quantizer():
     return DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
 
-def check_config(stage: str, block_size: int, accuracy_level: int, graphs: tuple[str, ...]) -> None:
+# what the MatMuls that nodes_to_exclude leaves out become: float, or dynamic int8 as the int8 stage
+EXCLUDED_AS = ("float", "int8")
+
+
+def check_config(stage: str, block_size: int, accuracy_level: int, graphs: tuple[str, ...], excluded_as: str = "float") -> None:
     """The checks both weight-only configs make, with the stage's name in the message."""
+    if excluded_as not in EXCLUDED_AS:
+        raise OptimizeError(f"{stage}.excluded_as is {excluded_as!r}", f"use one of {', '.join(EXCLUDED_AS)}")
     if block_size < 16 or block_size & (block_size - 1):
         raise OptimizeError(f"{stage}.block_size is {block_size}", "use a power of two >= 16, e.g. 32")
     if accuracy_level not in (0, 1, 2, 3, 4):
@@ -87,10 +93,34 @@ def _transform(stage: str, bits: int, cfg, record: dict):
                 f"{stage}: this CPU's MatMulNBits M=1 kernel is off by {m1:.0%} on the {role} (onnxruntime #29853)",
                 f"set {stage}.is_symmetric: true (no zero points), or use int8",
             )
+        if cfg.excluded_as == "int8":
+            others = [n.name for n in result.graph.node if n.op_type == "MatMul" and n.name in excluded]
+            result = _dynamic_int8(result, others, out.parent / f"{out.stem}.int8-scratch.onnx")
+            record[role]["int8_nodes"] = others
         graph.save(result, out)
         return []
 
     return transform
+
+
+def _dynamic_int8(model: onnx.ModelProto, nodes: list[str], scratch: Path) -> onnx.ModelProto:
+    """`nodes` (MatMuls with a constant weight) to dynamic int8, per-channel, as the int8 stage does."""
+    if not nodes:
+        return model
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from optimize.cache import host_cpu_flags
+    from optimize.stages.int8 import resolve_reduce_range
+
+    try:
+        quantize_dynamic(model, scratch, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
+                         reduce_range=resolve_reduce_range("auto", host_cpu_flags()), nodes_to_quantize=nodes,
+                         extra_options={"MatMulConstBOnly": True})  # fmt: skip
+        return graph.load(scratch)
+    except TOOL_ERRORS as e:
+        raise OptimizeError(f"dynamic int8 of the excluded MatMuls failed: {str(e).splitlines()[0][:300]}", "set excluded_as: float") from e
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 def m1_error(model: onnx.ModelProto, k_rows: int = 1) -> float | None:
