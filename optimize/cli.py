@@ -211,6 +211,7 @@ def transcribe(
     started, audio_s, results = time.perf_counter(), 0.0, []
     if executor != "local" or workers is not None or ray_address is not None:
         paths = [i.audio for i in items]
+        _refuse_long(paths, vad.above)
         hyps = _transcribe_distributed(model_dir, paths, decode, provider, threads, options, executor, workers, ray_address)
         transcripts = [_whole(p, h) for p, h in zip(paths, hyps)]
         for item, transcript in zip(items, transcripts):
@@ -242,6 +243,22 @@ def _whole(path, hyp):
 
     duration = sf.info(str(path)).duration
     return Transcript(duration, (Segment(0.0, duration, hyp),))
+
+
+def _refuse_long(paths, above: float) -> None:
+    """--executor ray decodes whole files: one longer than the VAD's limit is refused before any worker starts."""
+    import soundfile as sf
+
+    for path in paths:
+        try:
+            seconds = sf.info(str(path)).duration
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+            continue  # unreadable: the worker reports it as for any input
+        if seconds > above:
+            raise OptimizeError(
+                f"{path} lasts {seconds:.1f} s, longer than {above:g} s, and --executor ray decodes whole files (no VAD segmentation)",
+                "use --executor local (the default), which cuts long recordings into VAD segments and decodes them as a batch",
+            )
 
 
 def _transcribe_distributed(model_dir, audio, decode, provider, threads, options, executor, workers, ray_address) -> list:

