@@ -442,11 +442,9 @@ def markdown(rows: dict[str, Timing], r: dict[str, float], checks: dict, args: a
 
 def cpu_model() -> str:
     """lscpu's model name and the SIMD flags that decide the int8/int4 kernels."""
-    from optimize.cache import host_cpu_flags
+    from optimize.host import cpu_summary
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    flags = sorted(f for f in host_cpu_flags() if f.startswith(("avx", "amx", "fma")))
-    return f"{model}, {os.cpu_count()} logical CPUs, flags {' '.join(flags)}"
+    return cpu_summary()
 
 
 def profile_markdown(profile: dict, name: str, top: int = 10) -> str:

@@ -42,8 +42,8 @@ import onnxruntime as ort
 import torch
 
 from optimize.errors import OptimizeError
-from optimize.runtime.binding import BoundInference, BoundPair
-from optimize.runtime.inference import OrtInference
+from optimize.runtime.binding import BoundPair
+from optimize.runtime.inference import encode, open_decoder
 from optimize.runtime.search import DecodeConfig, search
 from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.session import OrtPair
@@ -152,10 +152,7 @@ def ort_runner(pair: OrtPair, device: str, io_binding: bool, steps: int) -> Runn
     def run(x: np.ndarray, x_len: np.ndarray, cfg: DecodeConfig):
         _sync(device)
         start = time.perf_counter()
-        if bound is None:
-            model = OrtInference(pair, *pair.encode(x, x_len), None, cache_len)
-        else:
-            model = BoundInference(bound, *bound.encode(x, x_len), None, cache_len)
+        model = open_decoder(pair, bound, encode(pair, bound, x, x_len), None, cache_len)  # the recognizer's driver
         _sync(device)
         mid = time.perf_counter()
         seqs = search(model, len(x), steps, cfg, sos, NEVER)

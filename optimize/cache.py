@@ -20,6 +20,7 @@ from pathlib import Path
 
 from optimize import graph
 from optimize.contract import model_paths
+from optimize.host import cpu_flags
 from optimize.errors import OptimizeError
 
 RECORD = "stage.json"
@@ -40,21 +41,9 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def host_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """CPU feature flags of this machine (Linux); empty where /proc/cpuinfo does not exist."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 def host() -> dict[str, object]:
     """The host facts that enter the key: architecture and the CPU_FLAGS present."""
-    return {"machine": platform.machine(), "cpu_flags": sorted(set(CPU_FLAGS) & host_cpu_flags())}
+    return {"machine": platform.machine(), "cpu_flags": sorted(set(CPU_FLAGS) & cpu_flags())}
 
 
 def pair_files(model_dir: Path) -> list[Path]:

@@ -476,8 +476,8 @@ def bench(
     """Time each pair's encoder and decoder steps at one shape through the recognizer's own decode path."""
     import dataclasses
     import json
-    import platform
 
+    from optimize import host
     from optimize.evaluate.bench import BenchConfig, bench as run_bench
 
     _quiet_onnxruntime()
@@ -488,9 +488,8 @@ def bench(
     for r in results:
         typer.echo(f"{r.pair:>40}  {r.encoder_ms:10.2f}  {r.decoder_ms_per_step:8.3f}  {r.total_ms:9.2f}  {r.rtf:7.4f}  {r.rows:>4}  {r.steps:>5}  {r.io_binding}")
     if json_path:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
-        record = {"settings": dataclasses.asdict(cfg), "cpu": cpu, "results": [dataclasses.asdict(r) for r in results]}
-        json_path.write_text(json.dumps(record, indent=2))
+        record = {"settings": dataclasses.asdict(cfg), "cpu": host.cpu_summary(), "results": [dataclasses.asdict(r) for r in results]}
+        _atomic_text(json_path, json.dumps(record, indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

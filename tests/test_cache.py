@@ -55,11 +55,14 @@ def test_unreadable_record_means_redo(tmp_path):
     assert cache.finished(tmp_path, "k") is None
 
 
-def test_host_cpu_flags_from_cpuinfo(tmp_path):
+def test_host_cpu_flags_and_model_from_cpuinfo(tmp_path):
+    from optimize import host
+
     info = tmp_path / "cpuinfo"
-    info.write_text("processor : 0\nflags\t\t: fpu avx2 avx512_vnni sse\n")
-    assert cache.host_cpu_flags(info) == frozenset({"fpu", "avx2", "avx512_vnni", "sse"})
-    assert cache.host_cpu_flags(tmp_path / "absent") == frozenset()
+    info.write_text("processor : 0\nmodel name\t: Some CPU @ 2.10GHz\nflags\t\t: fpu avx2 avx512_vnni sse\n")
+    assert host.cpu_flags(info) == frozenset({"fpu", "avx2", "avx512_vnni", "sse"})
+    assert host.cpu_flags(tmp_path / "absent") == frozenset()
+    assert host.cpu_model(info) == "Some CPU @ 2.10GHz"
 
 
 def test_code_digest_changes_with_source():

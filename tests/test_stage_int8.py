@@ -13,7 +13,7 @@ from stage_helpers import (
 
 from optimize import graph
 from optimize.errors import OptimizeError
-from optimize.cache import host_cpu_flags
+from optimize.host import cpu_flags
 from optimize.stages import int8
 
 
@@ -38,7 +38,7 @@ def test_int8_quantizes_matmuls_and_keeps_contract(tiny_pair, quantized):
         assert out.details[role]["quantized"]["MatMulInteger"] > 0
         assert out.ops_after[role].get("ConvInteger", 0) == 0  # MatMul only
     # the default reduce_range "auto" resolved for this host: on only without VNNI
-    assert out.details["reduce_range"] is int8.resolve_reduce_range("auto", host_cpu_flags())
+    assert out.details["reduce_range"] is int8.resolve_reduce_range("auto", cpu_flags())
 
 
 @pytest.mark.parametrize("flags, want", [({"avx2"}, True), ({"avx2", "avx512_vnni"}, False), ({"avx_vnni"}, False), (set(), True)])

@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from optimize import graph
-from optimize.cache import host_cpu_flags
+from optimize.host import cpu_flags
 from optimize.errors import OptimizeError
 from optimize.stages import GRAPHS, TOOL_ERRORS, StageOutput, scratch_input, transform_pair
 
@@ -119,7 +119,7 @@ def run(src: Path, dst: Path, cfg: Int8Config) -> StageOutput:
     """Quantize encoder and decoder of `src` into `dst`."""
     src = Path(src)
     _check_patterns(src, cfg.nodes_to_exclude)
-    reduce_range = resolve_reduce_range(cfg.reduce_range, host_cpu_flags())
+    reduce_range = resolve_reduce_range(cfg.reduce_range, cpu_flags())
     record: dict = {}
     before, after, notes = transform_pair(src, dst, "int8", _quantize_graph(cfg, reduce_range, record), cfg)
     for role in after:

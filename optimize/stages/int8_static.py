@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from optimize import contract, graph
-from optimize.cache import host_cpu_flags
+from optimize.host import cpu_flags
 from optimize.errors import OptimizeError
 from optimize.stages import TOOL_ERRORS, StageOutput, scratch_input, transform_pair
 from optimize.stages.int8 import resolve_reduce_range
@@ -149,7 +149,7 @@ def run(src: Path, dst: Path, cfg: Int8StaticConfig) -> StageOutput:
     files = calibration_audio(cfg.calibration, cfg.samples)
     enc, _, _ = contract.model_paths(src)
     feats = calibration_features(enc, files)
-    reduce_range = resolve_reduce_range(cfg.reduce_range, host_cpu_flags())
+    reduce_range = resolve_reduce_range(cfg.reduce_range, cpu_flags())
     record: dict = {}
     before, after, notes = transform_pair(src, dst, "int8_static", _transform(cfg, feats, reduce_range, record), cfg)
     quantized = {op: after["encoder"].get(op, 0) for op in ("QuantizeLinear", "DequantizeLinear", "QLinearMatMul")}

@@ -109,12 +109,12 @@ def _dynamic_int8(model: onnx.ModelProto, nodes: list[str], scratch: Path) -> on
         return model
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from optimize.cache import host_cpu_flags
+    from optimize.host import cpu_flags
     from optimize.stages.int8 import resolve_reduce_range
 
     try:
         quantize_dynamic(model, scratch, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
-                         reduce_range=resolve_reduce_range("auto", host_cpu_flags()), nodes_to_quantize=nodes,
+                         reduce_range=resolve_reduce_range("auto", cpu_flags()), nodes_to_quantize=nodes,
                          extra_options={"MatMulConstBOnly": True})  # fmt: skip
         return graph.load(scratch)
     except TOOL_ERRORS as e:
