@@ -40,8 +40,8 @@ class VadConfig:
     """Segmentation settings; times in seconds."""
 
     above: float = 60.0  # recordings longer than this are cut; shorter ones decode whole (FireRedASR's limit)
-    # speech probability that opens a segment; Silero's default is 0.5, 0.3 (and pad 0.1) decoded closer
-    # to whole-file accuracy on held-out eval utterances 200-359 (BENCHMARKS.md section 7)
+    # speech probability that opens a segment; Silero's default is 0.5. 0.3 with pad 0.1 decodes closest to the
+    # utterances one by one on three joined recordings, against 0.2 / 0.5 and pad 0.15 / 0.2 (BENCHMARKS.md section 7)
     threshold: float = 0.3
     min_silence: float = 0.3  # a segment closes after this much non-speech
     min_speech: float = 0.25  # shorter detections are dropped as clicks or breaths
