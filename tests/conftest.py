@@ -6,13 +6,53 @@ module (2 encoder blocks, 2 decoder layers, 4 heads, kernel 5).
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 
 TINY_DIMS = dict(d_model=64, n_head=4, n_layers_enc=2, n_layers_dec=2, kernel_size=5, odim=60)
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Two workers share the cores: torch's OpenMP pool gets one thread per worker (read when torch
+    # is imported, and by the processes the tests start), else the pools' spinning threads contend.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (README: `-n 2 --dist loadgroup`)
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist, the tests that share a module-scoped fixture run on one worker, so it is
+    built once; every other test is scheduled on its own (whichever worker is free). A fixture only
+    one module uses is module-scoped for this; conftest's session fixtures go through `once`."""
+    for item in items:
+        defs = item._fixtureinfo.name2fixturedefs.values()
+        if not item.get_closest_marker("xdist_group") and any(d[-1].scope == "module" for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A session fixture's directory, built once per test run. Under pytest-xdist the workers share
+    it: the first to get here builds it under a file lock, the others wait and reuse it (each pair
+    is exported once per run, not once per worker). Nothing may write into it afterwards."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # the run's directory, above every worker's own
+    out, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.is_file():
+            shutil.rmtree(out, ignore_errors=True)  # a worker that died half-way
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +73,7 @@ def tiny_ckpt(tmp_path_factory):
     """Directory with model.pth.tar, cmvn.ark, dict.txt (random weights)."""
     from optimize.export.checkpoint import make_random_checkpoint
 
-    return make_random_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"), seed=0, **TINY_DIMS)
+    return once(tmp_path_factory, "tiny_ckpt", lambda out: make_random_checkpoint(out, seed=0, **TINY_DIMS))
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +81,7 @@ def tiny_pair(tiny_ckpt, tmp_path_factory):
     """Exported dynamic-cache pair: encoder.onnx, decoder.onnx, tokens.txt."""
     from optimize.export.exporter import export_checkpoint
 
-    out = tmp_path_factory.mktemp("tiny_pair")
-    export_checkpoint(tiny_ckpt, out)
-    return out
+    return once(tmp_path_factory, "tiny_pair", lambda out: export_checkpoint(tiny_ckpt, out))
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +89,7 @@ def tiny_pair_v1(tiny_ckpt, tmp_path_factory):
     """Exported published-v1 layout: self-cache length fixed at 1024."""
     from optimize.export.exporter import ExportConfig, export_checkpoint
 
-    out = tmp_path_factory.mktemp("tiny_pair_v1")
-    export_checkpoint(tiny_ckpt, out, ExportConfig(fixed_cache_len=1024))
-    return out
+    return once(tmp_path_factory, "tiny_pair_v1", lambda out: export_checkpoint(tiny_ckpt, out, ExportConfig(fixed_cache_len=1024)))
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +97,7 @@ def tiny_ckpt_v2(tmp_path_factory):
     """FireRedASR2-format checkpoint (the v1 keys plus the CTC head `ctc.ctc_lo`), random weights."""
     from optimize.export.checkpoint import make_random_checkpoint
 
-    return make_random_checkpoint(tmp_path_factory.mktemp("tiny_ckpt_v2"), seed=5, version=2, **TINY_DIMS)
+    return once(tmp_path_factory, "tiny_ckpt_v2", lambda out: make_random_checkpoint(out, seed=5, version=2, **TINY_DIMS))
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +105,7 @@ def tiny_pair_v2(tiny_ckpt_v2, tmp_path_factory):
     """tiny_ckpt_v2 exported with --with-ctc (dynamic cache): the contract's outputs plus ctc_log_probs."""
     from optimize.export.exporter import ExportConfig, export_checkpoint
 
-    out = tmp_path_factory.mktemp("tiny_pair_v2")
-    export_checkpoint(tiny_ckpt_v2, out, ExportConfig(with_ctc=True))
-    return out
+    return once(tmp_path_factory, "tiny_pair_v2", lambda out: export_checkpoint(tiny_ckpt_v2, out, ExportConfig(with_ctc=True)))
 
 
 @pytest.fixture(scope="session")
@@ -81,25 +115,24 @@ def default_ckpt_v2(tmp_path_factory):
     The AED weights are trained, so decoding the eval audio gives varied, eos-terminated
     hypotheses; the CTC head is random (seeded), which alignment parity does not mind.
     """
-    import shutil
-    from pathlib import Path
-
     import torch
 
     src = Path(__file__).resolve().parents[1] / "artifacts" / "firered-aed-tiny" / "checkpoint"
     if not (src / "model.pth.tar").is_file():
         pytest.skip("the embedded default checkpoint is not in this checkout")
-    out = tmp_path_factory.mktemp("default_ckpt_v2")
-    for f in ("cmvn.ark", "dict.txt"):
-        shutil.copy(src / f, out / f)
-    shutil.copy(src / "train_bpe.model", out / "train_bpe1000.model")  # the name FireRedASR2's loader opens
-    package = torch.load(src / "model.pth.tar", map_location="cpu", weights_only=False)
-    args, state = package["args"], package["model_state_dict"]
-    gen = torch.Generator().manual_seed(13)
-    state["ctc.ctc_lo.weight"] = torch.randn(args.odim, args.d_model, generator=gen) * 0.2
-    state["ctc.ctc_lo.bias"] = torch.randn(args.odim, generator=gen) * 0.1
-    torch.save(package, out / "model.pth.tar")
-    return out
+
+    def build(out: Path) -> None:
+        for f in ("cmvn.ark", "dict.txt"):
+            shutil.copy(src / f, out / f)
+        shutil.copy(src / "train_bpe.model", out / "train_bpe1000.model")  # the name FireRedASR2's loader opens
+        package = torch.load(src / "model.pth.tar", map_location="cpu", weights_only=False)
+        args, state = package["args"], package["model_state_dict"]
+        gen = torch.Generator().manual_seed(13)
+        state["ctc.ctc_lo.weight"] = torch.randn(args.odim, args.d_model, generator=gen) * 0.2
+        state["ctc.ctc_lo.bias"] = torch.randn(args.odim, generator=gen) * 0.1
+        torch.save(package, out / "model.pth.tar")
+
+    return once(tmp_path_factory, "default_ckpt_v2", build)
 
 
 @pytest.fixture(scope="session")
@@ -107,9 +140,7 @@ def default_pair_v2(default_ckpt_v2, tmp_path_factory):
     """default_ckpt_v2 exported with --with-ctc."""
     from optimize.export.exporter import ExportConfig, export_checkpoint
 
-    out = tmp_path_factory.mktemp("default_pair_v2")
-    export_checkpoint(default_ckpt_v2, out, ExportConfig(with_ctc=True))
-    return out
+    return once(tmp_path_factory, "default_pair_v2", lambda out: export_checkpoint(default_ckpt_v2, out, ExportConfig(with_ctc=True)))
 
 
 def reshape_decoder(decoder, eos: int, eos_bias: float = 0.5) -> None:
@@ -137,11 +168,12 @@ def varied_ckpt(tiny_ckpt, tmp_path_factory):
     """tiny_ckpt with its decoder reshaped (reshape_decoder): tokens vary with the input and end at EOS sometimes."""
     from optimize.export.checkpoint import load_checkpoint, save_checkpoint
 
-    ckpt = load_checkpoint(tiny_ckpt)
-    reshape_decoder(ckpt.model.decoder, ckpt.model.dims.eos_id)
-    out = tmp_path_factory.mktemp("varied_ckpt")
-    save_checkpoint(out, ckpt.model, ckpt.cmvn_stats, ckpt.tokens)
-    return out
+    def build(out: Path) -> None:
+        ckpt = load_checkpoint(tiny_ckpt)
+        reshape_decoder(ckpt.model.decoder, ckpt.model.dims.eos_id)
+        save_checkpoint(out, ckpt.model, ckpt.cmvn_stats, ckpt.tokens)
+
+    return once(tmp_path_factory, "varied_ckpt", build)
 
 
 @pytest.fixture(scope="session")
@@ -149,9 +181,7 @@ def pair(varied_ckpt, tmp_path_factory):
     """varied_ckpt exported with the dynamic self-cache (the recognizer and IOBinding tests' model)."""
     from optimize.export.exporter import export_checkpoint
 
-    out = tmp_path_factory.mktemp("varied_pair")
-    export_checkpoint(varied_ckpt, out)
-    return out
+    return once(tmp_path_factory, "varied_pair", lambda out: export_checkpoint(varied_ckpt, out))
 
 
 @pytest.fixture(scope="session")
@@ -159,9 +189,7 @@ def pair_v1(varied_ckpt, tmp_path_factory):
     """varied_ckpt exported in the published v1 layout (self-cache fixed at 1024)."""
     from optimize.export.exporter import ExportConfig, export_checkpoint
 
-    out = tmp_path_factory.mktemp("varied_pair_v1")
-    export_checkpoint(varied_ckpt, out, ExportConfig(fixed_cache_len=1024))
-    return out
+    return once(tmp_path_factory, "varied_pair_v1", lambda out: export_checkpoint(varied_ckpt, out, ExportConfig(fixed_cache_len=1024)))
 
 
 @pytest.fixture(scope="session")
@@ -171,16 +199,17 @@ def published_layout(pair_v1, tmp_path_factory):
 
     from optimize import contract
 
-    out = tmp_path_factory.mktemp("published_layout")
-    for name in (contract.ENCODER_FILE, contract.DECODER_FILE):
-        model = onnx.load(str(pair_v1 / name))
-        for value in list(model.graph.input) + list(model.graph.output):
-            for dim in value.type.tensor_type.shape.dim:
-                if dim.dim_param == "N":
-                    dim.dim_value = 1
-        for value in list(model.graph.input):
-            if value.name == contract.CROSS_MASK:
-                model.graph.input.remove(value)  # the zero initializer stays, as a constant
-        onnx.save(model, str(out / name))
-    shutil.copyfile(pair_v1 / contract.TOKENS_FILE, out / contract.TOKENS_FILE)
-    return out
+    def build(out: Path) -> None:
+        for name in (contract.ENCODER_FILE, contract.DECODER_FILE):
+            model = onnx.load(str(pair_v1 / name))
+            for value in list(model.graph.input) + list(model.graph.output):
+                for dim in value.type.tensor_type.shape.dim:
+                    if dim.dim_param == "N":
+                        dim.dim_value = 1
+            for value in list(model.graph.input):
+                if value.name == contract.CROSS_MASK:
+                    model.graph.input.remove(value)  # the zero initializer stays, as a constant
+            onnx.save(model, str(out / name))
+        shutil.copyfile(pair_v1 / contract.TOKENS_FILE, out / contract.TOKENS_FILE)
+
+    return once(tmp_path_factory, "published_layout", build)

@@ -112,8 +112,14 @@ def test_logits_cosine_gate_stops_the_run(e2e, tiny_pair, tmp_path):
     assert "teacher-forced logits cosine" in result.stderr and "below min_logits_cosine 1.0" in result.stderr
     assert not (tmp_path / "run" / "final").exists()
     assert not report(tmp_path / "run")["passed"]
-    recipe = tiny_recipe(tmp_path / "loose.yaml", tiny_pair, STAGES, tmp_path / "run2", gates=gates | {"min_logits_cosine": 0.99})
-    assert cli("run", recipe).exit_code == 0
+    # the same run directory with a looser gate: the stage kept for inspection (and its evaluation)
+    # comes from the cache (gates are not part of a cache key), is judged again, and now passes
+    failed = next(r["name"] for r in report(tmp_path / "run")["stages"] if not r["passed"])
+    recipe = tiny_recipe(tmp_path / "loose.yaml", tiny_pair, STAGES, tmp_path / "run", gates=gates | {"min_logits_cosine": 0.99})
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.stderr
+    assert f"-{failed}: cached\n" in result.stderr and f"-{failed}: passed" in result.stderr
+    assert report(tmp_path / "run")["passed"] and (tmp_path / "run" / "final").is_dir()
 
 
 def test_killed_run_resumes_from_cache_with_same_hashes(e2e, tiny_pair, tmp_path):

@@ -26,7 +26,7 @@ from optimize.export.lift import lift  # noqa: E402
 from optimize.stages import reexport  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def published(tiny_ckpt, tmp_path_factory):
     """Published-style pairs of the tiny checkpoint: v1 (opset 13, fixed 1024), v2 (.weights), v2 with .data, v2 fp16, v1 int8."""
     root = tmp_path_factory.mktemp("published")
@@ -41,7 +41,7 @@ def published(tiny_ckpt, tmp_path_factory):
     return pairs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reexported(published, tmp_path_factory):
     """The reexport stage's output for v1, v2 and the fp16 input (each run once)."""
     root = tmp_path_factory.mktemp("reexported")

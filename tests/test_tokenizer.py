@@ -24,13 +24,13 @@ EDGE_CASES = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def texts() -> list[str]:
     rng = np.random.default_rng(0)
     return [sentences.sentence(rng, "zh" if i % 2 else "en") for i in range(1500)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tokenizer(texts, tmp_path_factory) -> Tokenizer:
     return build_tokenizer(texts, tmp_path_factory.mktemp("lang"), spm_vocab_size=300)
 
