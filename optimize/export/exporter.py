@@ -110,57 +110,51 @@ class DecoderStepGraph(nn.Module):
         return logits, torch.where(write, torch.stack(new_k), k_cache), torch.where(write, torch.stack(new_v), v_cache)
 
 
+# The v1 encoder's metadata_props in the order the published v1 pairs have them, plus ours
+# (vocab_size, n_mels); v2 follows contract.V2_METADATA, plus our vocab_size.
+V1_METADATA = (
+    "model_type", "version", "model_author", "comment", "url", "num_decoder_layers", "num_head", "head_dim",
+    "sos", "eos", "max_len", "vocab_size", "n_mels", "cmvn_mean", "cmvn_inv_stddev",
+)  # fmt: skip
+
+
 def metadata(ckpt: Checkpoint, fixed_cache_len: int | None) -> dict[str, str]:
-    """Encoder metadata_props: every key sherpa-onnx requires, plus ours; v2 as the published v2 pairs."""
-    if ckpt.version == 2:
-        return _metadata_v2(ckpt, fixed_cache_len)
-    mean, inv_std = cmvn_from_stats(ckpt.cmvn_stats)
-    d = ckpt.dims
-    return {
-        "model_type": contract.MODEL_TYPE,
-        "version": contract.CONTRACT_VERSION,
-        "model_author": "FireRedTeam",
-        "comment": "exported by optimize",
-        "url": "https://github.com/FireRedTeam/FireRedASR",
-        "num_decoder_layers": str(d.n_layers_dec),
-        "num_head": str(d.n_head),
-        "head_dim": str(d.head_dim),
-        "sos": str(d.sos_id),
-        "eos": str(d.eos_id),
-        "max_len": str(fixed_cache_len or contract.MAX_LEN),
-        "vocab_size": str(d.odim),
-        "n_mels": str(d.idim),
-        "cmvn_mean": ",".join(repr(float(v)) for v in mean),
-        "cmvn_inv_stddev": ",".join(repr(float(v)) for v in inv_std),
-    }
+    """Encoder metadata_props: every key sherpa-onnx requires, plus ours; v2 as the published v2 pairs.
 
-
-def _metadata_v2(ckpt: Checkpoint, fixed_cache_len: int | None) -> dict[str, str]:
-    """Every key of the published v2 encoder (contract.V2_METADATA) plus our vocab_size.
-
-    `maintainer` names who made this export (the published files say k2-fsa, who made those).
+    v2's `maintainer` names who made this export (the published files say k2-fsa, who made those).
     """
     mean, inv_std = cmvn_from_stats(ckpt.cmvn_stats)
     d = ckpt.dims
-    return {
+    values = {
         "model_type": contract.MODEL_TYPE,
-        "version": contract.V2_VERSION,
         "model_author": "FireRedTeam",
-        "maintainer": "optimize",
-        "feat_dim": str(d.idim),
-        "cmvn_mean": ",".join(repr(float(v)) for v in mean),
-        "cmvn_inv_stddev": ",".join(repr(float(v)) for v in inv_std),
         "num_decoder_layers": str(d.n_layers_dec),
         "num_head": str(d.n_head),
         "head_dim": str(d.head_dim),
-        "max_len": str(fixed_cache_len or contract.MAX_LEN),
         "sos": str(d.sos_id),
         "eos": str(d.eos_id),
-        "url": "https://github.com/FireRedTeam/FireRedASR2S",
-        "url-2": "https://huggingface.co/FireRedTeam/FireRedASR2-AED",
-        "comment": "This is FireRedASR2-AED, exported by optimize",
+        "max_len": str(fixed_cache_len or contract.MAX_LEN),
         "vocab_size": str(d.odim),
+        "cmvn_mean": ",".join(repr(float(v)) for v in mean),
+        "cmvn_inv_stddev": ",".join(repr(float(v)) for v in inv_std),
     }
+    if ckpt.version == 2:
+        values |= {
+            "version": contract.V2_VERSION,
+            "maintainer": "optimize",
+            "feat_dim": str(d.idim),
+            "url": "https://github.com/FireRedTeam/FireRedASR2S",
+            "url-2": "https://huggingface.co/FireRedTeam/FireRedASR2-AED",
+            "comment": "This is FireRedASR2-AED, exported by optimize",
+        }
+        return {k: values[k] for k in (*contract.V2_METADATA, "vocab_size")}
+    values |= {
+        "version": contract.CONTRACT_VERSION,
+        "comment": "exported by optimize",
+        "url": "https://github.com/FireRedTeam/FireRedASR",
+        "n_mels": str(d.idim),
+    }
+    return {k: values[k] for k in V1_METADATA}
 
 
 def _trial_inputs(ckpt: Checkpoint, cfg: ExportConfig):
