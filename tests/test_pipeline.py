@@ -167,9 +167,11 @@ def test_cuda_ep_that_does_not_start_stops_the_run_before_any_stage(tiny_pair, t
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def manifest(tmp_path_factory):
-    """The four shortest utterances of the committed eval set, for the full (error-rate) evaluation."""
+    """The four shortest utterances of the committed eval set, for the full (error-rate) evaluation.
+
+    Cheap, so per test: its tests need not share a worker with the e2e group under xdist."""
     src = REPO / "calibration" / "eval" / "manifest.jsonl"
     if not src.is_file():
         pytest.skip("calibration/eval is not in this checkout")
