@@ -201,6 +201,22 @@ def _judge(metrics: Metrics, baseline: Metrics | None, recipe: Recipe, provider:
 QUANTIZING_STAGES = QUANTIZING
 
 
+def _check_tokens(model: Path) -> None:
+    """A tokens.txt that does not fit the decoder's vocabulary is bad input: refused before the run writes anything."""
+    from optimize import graph
+    from optimize.runtime.tokens import TokenTable
+
+    try:
+        _, dec, tokens = model_paths(model)
+        dims = graph.load(dec, load_external=False).graph.output[0].type.tensor_type.shape.dim  # logits (N, 1, V)
+        vocab = dims[2].dim_value if len(dims) == 3 else 0
+        n = len(TokenTable.read(tokens))
+    except OptimizeError:
+        return  # missing or unreadable: the baseline stage names it
+    if vocab and n != vocab:
+        raise OptimizeError(f"{tokens} has {n} symbols, the decoder's vocabulary is {vocab}", "use the tokens.txt that came with these graphs")
+
+
 def _input_stages(recipe: Recipe, log: Log) -> list[Stage]:
     """Stages the input pair needs before the recipe's own: `reexport` for a published sherpa-onnx pair.
 
@@ -212,8 +228,8 @@ def _input_stages(recipe: Recipe, log: Log) -> list[Stage]:
     from optimize.contract import model_paths
     from optimize.stages import config_class, reexport
 
+    _check_tokens(Path(recipe.model))
     try:
-        model_paths(Path(recipe.model))
         quantized = reexport.quantized(Path(recipe.model))
         published = reexport.needed(Path(recipe.model))
     except OptimizeError:

@@ -184,6 +184,9 @@ def test_mismatched_tokens_are_refused(published, tmp_path):
     (src / contract.TOKENS_FILE).write_text("".join(line + "\n" for line in lines[:-5]), encoding="utf-8")
     error = refused(lambda s, d: reexport.run(s, d, reexport.Config()), src, tmp_path / "out", "tokens.txt has 55 symbols, the decoder's vocabulary is 60")
     assert "\n" not in str(error)
+    recipe = tiny_recipe(tmp_path / "r.yaml", src, ["int8"], tmp_path / "run")  # through `optimize run`: before anything is written
+    assert_one_line_failure(cli("run", recipe), f"{src / 'tokens.txt'} has 55 symbols, the decoder's vocabulary is 60", "tokens.txt that came with")
+    assert not (tmp_path / "run").exists()
 
 
 def test_without_torch_the_stage_names_the_export_extra(published, tmp_path, monkeypatch):
