@@ -23,6 +23,10 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# The longest tests that share no module fixture (30-60 s CPU each on this machine, --durations).
+LONGEST = ("test_cpu_benchmark_runs_end_to_end", "test_shipped_recipe_passes_on_the_embedded_default")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (README: `-n 2 --dist loadgroup`)
 def pytest_collection_modifyitems(items):
     """Under pytest-xdist, the tests that share a module-scoped fixture run on one worker, so it is
@@ -32,6 +36,9 @@ def pytest_collection_modifyitems(items):
         defs = item._fixtureinfo.name2fixturedefs.values()
         if not item.get_closest_marker("xdist_group") and any(d[-1].scope == "module" for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # The longest single tests first (stable sort, nothing else moves): xdist hands out work in
+    # this order, so they do not start last and leave one worker running alone at the end.
+    items.sort(key=lambda item: item.originalname not in LONGEST)
 
 
 def once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
