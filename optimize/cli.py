@@ -7,6 +7,7 @@ user error and prints as one line; anything else is a bug and keeps its tracebac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import signal
 import sys
@@ -23,6 +24,7 @@ try:  # typer >= 0.26 carries its own copy of click
     from typer._click import exceptions as usage
 except ImportError:  # older typer: click itself
     from click import exceptions as usage
+from optimize.evaluate.bench import BenchConfig
 from optimize.runtime.search import DecodeConfig
 from optimize.runtime.vad import VadConfig
 
@@ -162,6 +164,7 @@ _ADDRESS_HELP = "executor ray: the cluster to join, HOST:PORT or ray://HOST:1000
 
 FORMATS = ("text", "tsv", "json", "jsonl")
 _DECODE, _VAD = DecodeConfig(), VadConfig()
+_BENCH = {f.name: f.default for f in dataclasses.fields(BenchConfig)}  # not an instance: validating one imports the audio stack
 CHUNK = 64  # inputs decoded (and printed) together: bounds memory on long lists
 
 
@@ -463,14 +466,14 @@ def _atomic_text(path: Path, text: str) -> None:
 @_user_errors
 def bench(
     pairs: list[Path] = typer.Argument(..., help="pair directories to time side by side in this run"),
-    frames: Optional[int] = typer.Option(None, "--frames", help="input length in 10 ms fbank frames [default: BenchConfig]"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="decoder steps per run, eos suppressed [default: BenchConfig]"),
-    batch: Optional[int] = typer.Option(None, "--batch", help="utterances per run [default: BenchConfig]"),
-    beam: Optional[int] = typer.Option(None, "--beam", help="decoder rows per utterance [default: BenchConfig]"),
-    provider: Optional[str] = typer.Option(None, "--provider", help="cpu or cuda [default: BenchConfig]"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [default: BenchConfig]"),
+    frames: Optional[int] = typer.Option(None, "--frames", help=f"input length in 10 ms fbank frames [default: {_BENCH['frames']}]"),
+    steps: Optional[int] = typer.Option(None, "--steps", help=f"decoder steps per run, eos suppressed [default: {_BENCH['steps']}]"),
+    batch: Optional[int] = typer.Option(None, "--batch", help=f"utterances per run [default: {_BENCH['batch']}]"),
+    beam: Optional[int] = typer.Option(None, "--beam", help=f"decoder rows per utterance [default: {_BENCH['beam']}]"),
+    provider: Optional[str] = typer.Option(None, "--provider", help=f"cpu or cuda [default: {_BENCH['provider']}]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help=f"ORT intra-op threads [default: {_BENCH['threads']}]"),
     io_binding: bool = typer.Option(False, "--io-binding", help="decode through IOBinding on the CPU provider too (CUDA always does)"),
-    repeats: Optional[int] = typer.Option(None, "--repeats", help="timed runs, medians reported [default: BenchConfig]"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help=f"timed runs, medians reported [default: {_BENCH['repeats']}]"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the results, the settings and the CPU model here"),
 ):
     """Time each pair's encoder and decoder steps at one shape through the recognizer's own decode path."""
@@ -478,7 +481,7 @@ def bench(
     import json
 
     from optimize import host
-    from optimize.evaluate.bench import BenchConfig, bench as run_bench
+    from optimize.evaluate.bench import bench as run_bench
 
     _quiet_onnxruntime()
     cfg = _replace(BenchConfig(), frames=frames, steps=steps, batch=batch, beam=beam, provider=provider, threads=threads,

@@ -98,11 +98,13 @@ def test_usage_and_input_errors_exit_2(tiny_pair, wavs, args, fragment):
 
 
 def test_help_shows_real_defaults():
-    for command in ("transcribe", "run", "eval"):
+    for command in ("transcribe", "run", "eval", "bench"):
         text = run(command, "--help").stdout
-        assert "DecodeConfig" not in text and "default: Recognizer" not in text and "<bool>" not in text
+        assert "Config]" not in text and "DecodeConfig" not in text and "default: Recognizer" not in text and "<bool>" not in text
     text = run("transcribe", "--help").stdout
     assert "[default: 3]" in " ".join(text.split()) and "[default: tsv]" in text and "[default: 60]" in " ".join(text.split())
+    text = " ".join(run("bench", "--help").stdout.split())
+    assert "[default: 1000]" in text and "[default: 32]" in text
 
 
 def test_run_resolves_recipe_paths_against_the_recipe_file(tmp_path, monkeypatch):

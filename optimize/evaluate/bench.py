@@ -14,15 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from optimize.errors import OptimizeError
-from optimize.runtime.audio import MAX_FRAMES
-from optimize.runtime.binding import BoundPair
-from optimize.runtime.features import NUM_MEL_BINS
-from optimize.runtime.inference import SuppressEos, encode, forced_steps, open_decoder
-from optimize.runtime.providers import ProviderOptions
-from optimize.runtime.session import OrtPair
 
 FRAME_SECONDS = 0.01  # fbank frame shift: RTF counts 10 ms of audio per frame
 
@@ -40,6 +32,8 @@ class BenchConfig:
     repeats: int = 5  # timed runs; medians are reported
 
     def __post_init__(self):
+        from optimize.runtime.audio import MAX_FRAMES  # lazy: the CLI builds a BenchConfig for --help
+
         if not 8 <= self.frames <= MAX_FRAMES or min(self.steps, self.batch, self.beam, self.repeats) < 1 or self.warmup < 0 or self.threads < 0:
             raise OptimizeError(
                 f"bench frames={self.frames} steps={self.steps} batch={self.batch} beam={self.beam} repeats={self.repeats} warmup={self.warmup}",
@@ -59,8 +53,18 @@ class BenchResult:
     io_binding: bool  # whether the IOBinding path ran
 
 
-def bench(model_dir: Path, cfg: BenchConfig = BenchConfig()) -> BenchResult:
-    """Time `model_dir` at cfg's shape; see the module docstring for what the clock covers."""
+def bench(model_dir: Path, cfg: BenchConfig | None = None) -> BenchResult:
+    """Time `model_dir` at cfg's shape (default: BenchConfig()); see the module docstring for what the clock covers."""
+    # onnxruntime is imported here, not with BenchConfig: the CLI reads BenchConfig's defaults for --help
+    import numpy as np
+
+    from optimize.runtime.binding import BoundPair
+    from optimize.runtime.features import NUM_MEL_BINS
+    from optimize.runtime.inference import SuppressEos, encode, forced_steps, open_decoder
+    from optimize.runtime.providers import ProviderOptions
+    from optimize.runtime.session import OrtPair
+
+    cfg = cfg or BenchConfig()
     options = ProviderOptions(io_binding=cfg.io_binding)
     pair = OrtPair(model_dir, cfg.provider, cfg.threads, options)
     if cfg.batch > 1 and not pair.has_cross_mask:
