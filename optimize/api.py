@@ -6,17 +6,13 @@ library share one set of defaults.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from optimize import pipeline
 from optimize.errors import GateFailure
+from optimize.overrides import replace_given as _replace
 from optimize.evaluate.suite import EvalSettings, Progress, quiet
 from optimize.recipe import Recipe, default, load_recipe
-
-
-def _replace(obj, **overrides):
-    return dataclasses.replace(obj, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def run(

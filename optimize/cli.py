@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from optimize import __version__
 from optimize.errors import GateFailure, OptimizeError, environment_error
+from optimize.overrides import replace_given as _replace
 
 try:  # typer >= 0.26 carries its own copy of click
     from typer._click import exceptions as usage
@@ -339,13 +340,6 @@ def _quiet_onnxruntime() -> None:
     onnxruntime.set_default_logger_severity(2 if _verbosity == VERBOSE else 4)
 
 
-def _replace(obj, **overrides):
-    """dataclasses.replace with only the options the user gave (CLI defaults are None)."""
-    import dataclasses
-
-    return dataclasses.replace(obj, **{k: v for k, v in overrides.items() if v is not None})
-
-
 @app.command()
 @_user_errors
 def run(
@@ -477,7 +471,6 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the results, the settings and the CPU model here"),
 ):
     """Time each pair's encoder and decoder steps at one shape through the recognizer's own decode path."""
-    import dataclasses
     import json
 
     from optimize import host

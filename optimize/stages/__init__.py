@@ -105,9 +105,13 @@ def graph_kind(model: onnx.ModelProto) -> GraphKind:
     return GraphKind(precision, any(n.domain == CONTRIB_DOMAIN for n in model.graph.node))
 
 
+def _pair_kinds(src: Path) -> dict[str, GraphKind]:
+    return {role: graph_kind(graph.load(Path(src) / f, load_external=False)) for role, f in GRAPHS.items()}
+
+
 def pair_kind(src: Path) -> str:
     """A pair's kind in words, e.g. "fp32" or "int8 fused" (the encoder's, and the decoder's when it differs)."""
-    kinds = {role: graph_kind(graph.load(Path(src) / f, load_external=False)) for role, f in GRAPHS.items()}
+    kinds = _pair_kinds(src)
     if kinds["encoder"] == kinds["decoder"]:
         return str(kinds["encoder"])
     return f"{kinds['encoder']} encoder, {kinds['decoder']} decoder"
@@ -178,7 +182,7 @@ def check_plan(src: Path, stages: list[tuple[str, object]]) -> None:
     `stages` is [(recipe word, Config)]; each stage's effect on precision and fusion is
     followed through the list, so int8 twice, int8 before fuse, fp16 after int8 all fail here.
     """
-    kinds = start = {role: graph_kind(graph.load(Path(src) / f, load_external=False)) for role, f in GRAPHS.items()}
+    kinds = start = _pair_kinds(src)
     for index, (name, cfg) in enumerate(stages):
         for role in GRAPHS:
             why = _refusal(name, role, kinds[role], cfg)
