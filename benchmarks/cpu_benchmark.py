@@ -9,7 +9,7 @@ freed before the next, so that only one model is in memory):
   official-eager  fireredasr==0.0.2 FireRedAsrAed, torch fp32: `encoder(x, x_len)`, then
                   `decoder.batch_beam_search` at each --beams with decode_max_len = each
                   --steps and eos disabled, so it runs exactly that many steps
-  ours-fp32       our runtime (Recognizer: encoder, then the greedy search) on ROOT/fp32
+  ours-fp32       our runtime (`optimize bench`: encoder, then the greedy search) on ROOT/fp32
   ours-int8-spinning  the same on the int8 pair with ORT's intra-op spinning on (our runtime
                   turns it off; ORT and sherpa-onnx leave it on)
   ours-<variant>  the same on each variant pair (--variants; int8 = --int8 or ROOT/int8), at
@@ -18,11 +18,11 @@ freed before the next, so that only one model is in memory):
   sherpa-<variant>  sherpa_onnx.OfflineRecognizer.from_fire_red_asr (greedy) on the same pair
   sherpa-v1-int8  the same on ROOT/int8-v1, the published v1 layout (self-cache fixed at 1024)
 
-Our runtime is timed whole, as `optimize transcribe` runs it: Recognizer.recognize_features
-on the features (encoder + search with its argmax/top-k, reorders and cache handling), with
-max_len = steps; the encoder is timed alone at the same batch, and a step is
-(whole - encoder) / steps. The checkpoints never emit eos (below), so every search runs
-exactly max_len steps.
+Our runtime is timed by `optimize bench`'s own code (optimize.evaluate.bench.Bench), so the
+two report one number for one pair and setting: per run, the encoder, then the recognizer's
+search (greedy or beam, with its argmax/top-k, reorders and cache handling) with eos
+suppressed, so it runs exactly `steps` steps; each phase is clocked within the run, and a
+step is the median search time / steps.
 
 Input: --frames fbank frames (1000 = 10 s) of CMVN-normalized random features for the first
 three; sherpa-onnx takes a waveform of the same duration (it computes its own fbank: 998
@@ -191,54 +191,37 @@ def grid_key(beam: int, steps: int) -> str:
 
 
 def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: bool, spinning: bool = False) -> dict:
-    """Our runtime as `optimize transcribe` runs it; `full`: the beam grid and the batch sizes too.
+    """Our runtime through `optimize bench`'s own code; `full`: the beam grid and the batch sizes too.
 
     `spinning`: ORT's intra-op spinning on (our runtime's default is off).
     """
     import onnxruntime as ort
 
-    from optimize.runtime.providers import ProviderOptions
-    from optimize.runtime.recognizer import Recognizer
-    from optimize.runtime.search import DecodeConfig
+    from optimize.evaluate.bench import Bench, BenchConfig
 
     batches = sorted(set(args.batches) | {1}) if full else [1]
     start = time.perf_counter()
-    options = ProviderOptions(intra_op_spinning=spinning)
-    rec = Recognizer(pair_dir, DecodeConfig(batch_size=max(batches)), threads=args.threads, options=options)
+    cfg = BenchConfig(frames=x.shape[1], steps=args.steps[0], threads=args.threads, spinning=spinning, warmup=args.warmup, repeats=args.repeats)
+    bench = Bench(pair_dir, cfg)
     load_s = time.perf_counter() - start
-    feats = x[0]
-    raw, by, throughput = {}, {}, {}
-    x_len = np.array([x.shape[1]], dtype=np.int64)
-    encoder_s, raw["encoder runs_s"] = timed_median(lambda: rec.pair.encode(x, x_len), args.warmup, args.repeats)
-    grid = search_grid(args) if full else [(1, args.steps[0])]
-    whole = {}
-    for beam, steps in grid:
-        whole[beam, steps], raw[f"whole beam {beam}, {steps} steps runs_s"] = timed_median(lambda: decode(rec, [feats], beam, steps), args.warmup, args.repeats)
-        # a difference of medians: on a busy machine it can come out <= 0 for a tiny model; then no step time
-        step_s = (whole[beam, steps] - encoder_s) / steps
-        by[grid_key(beam, steps)] = step_s if step_s > 0 else float("nan")
+    raw, by, throughput, totals = {}, {}, {}, {}
+    for beam, steps in search_grid(args) if full else [(1, args.steps[0])]:
+        r = bench.measure(beam=beam, steps=steps)
+        by[grid_key(beam, steps)] = r.decoder_ms_per_step / 1e3
+        raw[f"{grid_key(beam, steps)} runs_ms (encoder, search)"] = r.runs_ms
+        totals[beam, steps] = r
+    headline = totals[1, args.steps[0]]
     for batch in batches:
-        if batch == 1:  # the grid's greedy run at the first step count
-            whole_s = whole[1, args.steps[0]]
-        else:
-            whole_s, raw[f"whole batch {batch} runs_s"] = timed_median(lambda: decode(rec, [feats] * batch, 1, args.steps[0]), args.warmup, args.repeats)
-        throughput[f"batch {batch}"] = batch * x.shape[1] / 100 / whole_s
-    timed = ("Recognizer.recognize_features (encoder + search, max_len = S); step = (whole - encoder alone) / S; "
-             f"throughput = B x audio seconds / whole at beam 1, {args.steps[0]} steps")  # fmt: skip
-    if any(np.isnan(v) for v in by.values()):
-        timed += f"; NOT MEASURED: whole decode not longer than the encoder alone at {[k for k, v in by.items() if np.isnan(v)]}"
+        r = headline if batch == 1 else bench.measure(batch=batch)
+        if batch > 1:
+            raw[f"batch {batch} runs_ms (encoder, search)"] = r.runs_ms
+        throughput[f"batch {batch}"] = batch * x.shape[1] / 100 / (r.total_ms / 1e3)
+    timed = ("optimize bench (optimize.evaluate.bench.Bench): per run, encoder then the recognizer's search (beam B, eos suppressed, "
+             f"exactly S steps), each clocked; step = median search / S; throughput = B x audio seconds / median(encoder + search) at "
+             f"beam 1, {args.steps[0]} steps")  # fmt: skip
     runtime = f"onnxruntime {ort.__version__} (our runtime{', intra-op spinning' if spinning else ''})"
-    return dict(runtime=runtime, encoder_s=encoder_s, step_s=by[grid_key(1, args.steps[0])],
+    return dict(runtime=runtime, encoder_s=headline.encoder_ms / 1e3, step_s=by[grid_key(1, args.steps[0])],
                 load_s=load_s, timed=timed, raw=raw, step_s_by=by, throughput=throughput)  # fmt: skip
-
-
-def decode(rec, feats: list[np.ndarray], beam: int, steps: int) -> None:
-    """One search over `feats` as a batch, exactly `steps` steps (the checkpoints never emit eos)."""
-    from optimize.runtime.search import DecodeConfig
-
-    rec.decode = DecodeConfig(beam_size=beam, batch_size=len(feats), max_len=steps)
-    hyps = rec.recognize_features(feats)
-    assert all(len(h.tokens) == steps for h in hyps), f"decoded {[len(h.tokens) for h in hyps]} tokens, want {steps}"
 
 
 def sherpa_caps(seconds: float, steps: int) -> tuple[int, ...]:
@@ -359,40 +342,19 @@ def check_targets(r: dict[str, float]) -> dict[str, dict]:
     return checks
 
 
-def profile_by_op(pair_dir: Path, x: np.ndarray, steps: int, threads: int, out_dir: Path) -> dict:
-    """ORT profile (enable_profiling) of one encoder run and `steps` decoder steps, after a warm-up run.
+def profile_by_op(pair_dir: Path, frames: int, steps: int, threads: int, out_dir: Path) -> dict:
+    """ORT profile of one `optimize bench` run (encoder, then `steps` greedy steps) after a warm-up run.
 
     Returns per graph: kernel ms per encoder run / per decoder step, summed by op type, largest first.
     """
-    import onnxruntime as ort
+    from optimize.evaluate.bench import Bench, BenchConfig
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    sessions = {}
-    for role, fname in (("encoder", contract.ENCODER_FILE), ("decoder", contract.DECODER_FILE)):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.log_severity_level = threads, 3
-        so.enable_profiling, so.profile_file_prefix = True, str(out_dir / f"ort_profile_{role}")
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as our runtime
-        sessions[role] = ort.InferenceSession(str(pair_dir / fname), so, providers=["CPUExecutionProvider"])
+    bench = Bench(pair_dir, BenchConfig(frames=frames, steps=steps, threads=threads), profile=out_dir / "ort_profile")
     for _ in range(2):  # the first run is the warm-up, left out of the summary
-        _raw_forced_decode(sessions["encoder"], sessions["decoder"], x, steps)
+        bench.run()
+    sessions = {"encoder": bench.pair.encoder, "decoder": bench.pair.decoder}
     return {role: _summarise(Path(s.end_profiling()), steps if role == "decoder" else 1) for role, s in sessions.items()}
-
-
-def _raw_forced_decode(encoder, decoder, x: np.ndarray, steps: int) -> None:
-    """Encoder + `steps` forced greedy steps on bare sessions (the profiled ones), contract names."""
-    meta = contract.parse_metadata(encoder.get_modelmeta().custom_metadata_map, "encoder")
-    cross_k, cross_v = encoder.run(None, dict(zip(["x", "x_len"], [x, np.array([x.shape[1]], dtype=np.int64)])))
-    s = decoder.get_inputs()[1].shape[2]
-    s = s if isinstance(s, int) else steps + 1
-    cache = np.zeros((meta["num_decoder_layers"], 1, s, meta["num_head"], meta["head_dim"]), dtype=np.float32)
-    k, v, token = cache, cache.copy(), meta["sos"]
-    names = [n for n, _ in contract.DECODER_INPUTS]
-    for t in range(steps):
-        feed = [np.array([[token]], dtype=np.int64), k, v, cross_k, cross_v, np.array([t], dtype=np.int64)]
-        logits, k, v = decoder.run(None, dict(zip(names, feed)))
-        logits[0, 0, meta["eos"]] = -np.inf
-        token = int(logits[0, 0].argmax())
 
 
 def _summarise(trace: Path, calls_per_run: int) -> dict:
@@ -505,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile == "always" or (args.profile == "on-miss" and missed):
         out = (args.json or args.root / "cpu_benchmark.json").parent / "profiles"
         for name in [n for n in rows if n.startswith("ours-") and n not in ("ours-fp32", "ours-int8-spinning")]:
-            report[f"profile_{name}"] = profile_by_op(pair_of(name, args), x, args.steps[0], args.threads, out / name)
+            report[f"profile_{name}"] = profile_by_op(pair_of(name, args), args.frames, args.steps[0], args.threads, out / name)
             text += "\n" + profile_markdown(report[f"profile_{name}"], name)
     path = args.json or args.root / "cpu_benchmark.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

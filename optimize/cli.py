@@ -467,10 +467,11 @@ def bench(
     provider: Optional[str] = typer.Option(None, "--provider", help=f"cpu or cuda [default: {_BENCH['provider']}]"),
     threads: Optional[int] = typer.Option(None, "--threads", help=f"ORT intra-op threads [default: {_BENCH['threads']}]"),
     io_binding: bool = typer.Option(False, "--io-binding", help="decode through IOBinding on the CPU provider too (CUDA always does)"),
+    spinning: Optional[bool] = typer.Option(None, "--spinning/--no-spinning", help="ORT intra-op spinning [default: the runtime's, off]"),
     repeats: Optional[int] = typer.Option(None, "--repeats", help=f"timed runs, medians reported [default: {_BENCH['repeats']}]"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the results, the settings and the CPU model here"),
 ):
-    """Time each pair's encoder and decoder steps at one shape through the recognizer's own decode path."""
+    """Time each pair's encoder and decoder steps at one shape through the recognizer's own encode and search."""
     import json
 
     from optimize import host
@@ -478,7 +479,7 @@ def bench(
 
     _quiet_onnxruntime()
     cfg = _replace(BenchConfig(), frames=frames, steps=steps, batch=batch, beam=beam, provider=provider, threads=threads,
-                   io_binding=io_binding or None, repeats=repeats)  # fmt: skip
+                   io_binding=io_binding or None, spinning=spinning, repeats=repeats)  # fmt: skip
     results = [run_bench(p, cfg) for p in pairs]
     typer.echo(f"{'pair':>40}  {'encoder ms':>10}  {'ms/step':>8}  {'total ms':>9}  {'RTF':>7}  rows  steps  io_binding")
     for r in results:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 from stage_helpers import cli
 
 from optimize.errors import OptimizeError
 from optimize.evaluate.bench import BenchConfig, bench
+from optimize.runtime import session
+from optimize.runtime.session import OrtPair
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_bench_times_the_requested_shape_on_both_paths(tiny_pair, tiny_pair_v1):
@@ -18,6 +25,7 @@ def test_bench_times_the_requested_shape_on_both_paths(tiny_pair, tiny_pair_v1):
         assert r.rows == 4 and r.steps == 5 and r.encoder_ms > 0 and r.decoder_ms_per_step > 0
         assert r.total_ms == pytest.approx(r.encoder_ms + r.decoder_ms_per_step * 5, rel=1e-6)
         assert r.rtf == pytest.approx(r.total_ms / 1e3 / (2 * 120 * 0.01))
+        assert len(r.runs_ms) == 1 and all(ms > 0 for ms in r.runs_ms[0])
     assert (plain.io_binding, bound.io_binding) == (False, True)
     with pytest.raises(OptimizeError, match="frames=4"):
         BenchConfig(frames=4)
@@ -31,3 +39,38 @@ def test_bench_cli_runs_pairs_side_by_side(tiny_pair, tiny_pair_v1, tmp_path):
     assert [r["pair"] for r in record["results"]] == [str(tiny_pair), str(tiny_pair_v1)]
     assert record["settings"]["frames"] == 80 and record["cpu"]
     assert len(result.stdout.strip().splitlines()) == 3
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_cpu_benchmark_and_optimize_bench_run_the_same_sessions_and_steps(tiny_pair, monkeypatch, spinning):
+    """One pair, one setting: the side-by-side script's "ours" rows and `optimize bench` open sessions with the
+    same options and make the same encoder and decoder calls (rows, positions), so their step times can only
+    differ by noise. (Their AED-L decoder steps once differed 2x, from two decode paths timed differently.)"""
+    calls: list[tuple] = []
+    real_load, real_encode, real_step = session.load_session, OrtPair.encode, OrtPair.decoder_step
+
+    def load(path, provider, threads, options, profile=None):
+        calls.append(("session", str(path), provider, threads, options, profile))
+        return real_load(path, provider, threads, options, profile)
+
+    def encode(self, x, x_len):
+        calls.append(("encode", x.shape, x_len.tolist(), float(np.abs(x).sum())))
+        return real_encode(self, x, x_len)
+
+    def step(self, tokens, k, v, cross_k, cross_v, offset, mask=None):
+        calls.append(("step", tokens.shape, k.shape, offset, mask is None))
+        return real_step(self, tokens, k, v, cross_k, cross_v, offset, mask)
+
+    monkeypatch.setattr(session, "load_session", load)
+    monkeypatch.setattr(OrtPair, "encode", encode)
+    monkeypatch.setattr(OrtPair, "decoder_step", step)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cb = importlib.import_module("cpu_benchmark")
+    args = cb.parse_args([str(tiny_pair.parent), "--frames", "90", "--steps", "4", "--beams", "1", "--batches", "1",
+                          "--threads", "1", "--warmup", "1", "--repeats", "2"])  # fmt: skip
+    ours = cb.time_ours(tiny_pair, cb.features(args.frames), args, full=False, spinning=spinning)
+    script_calls, calls[:] = list(calls), []
+    r = bench(tiny_pair, BenchConfig(frames=90, steps=4, threads=1, spinning=spinning, warmup=1, repeats=2))
+    assert calls == script_calls
+    assert [c[0] for c in calls].count("step") == 3 * 4 and calls[0][4].intra_op_spinning is spinning  # 1 warm-up + 2 timed runs
+    assert ours["step_s"] > 0 and r.decoder_ms_per_step > 0

@@ -164,15 +164,22 @@ class OrtInference:
         self._v[:, :, :n] = self._v[:, rows, :n]
 
 
-def forced_steps(model: Inference, n: int, beam: int, sos: int, steps: int, logit_filter: LogitFilter | None = None) -> np.ndarray:
-    """`steps` decoder steps of n x beam rows, each row fed its own argmax (a fixed-length decode for timing).
+class Filtered:
+    """An Inference whose logits pass through `logit_filter` before the search sees them.
 
-    No beam pruning or reordering: what runs is the decoder, the same number of rows and steps a
-    beam search of that width runs. returns the last tokens, shape = (n * beam,), int64.
+    With SuppressEos the recognizer's own searches (greedy, beam with its top-k and cache
+    reorders) run exactly max_len steps on any model: what `optimize bench` times.
     """
-    model.start(beam)
-    tokens = np.full(n * beam, sos, dtype=np.int64)
-    for offset in range(steps):
-        logits = model.step(tokens, offset)
-        tokens = np.argmax(logits if logit_filter is None else logit_filter.apply(logits), axis=1).astype(np.int64)
-    return tokens
+
+    def __init__(self, model: Inference, logit_filter: LogitFilter):
+        self.model = model
+        self.logit_filter = logit_filter
+
+    def start(self, beam: int) -> None:
+        self.model.start(beam)
+
+    def step(self, tokens: np.ndarray, offset: int) -> np.ndarray:
+        return self.logit_filter.apply(self.model.step(tokens, offset))
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.model.reorder(rows)

@@ -105,9 +105,11 @@ def check_threads(threads: int) -> None:
         raise OptimizeError(f"threads is {threads}", f"use 0 (ORT's choice: one per physical core) or a count from 1 to {MAX_THREADS}")
 
 
-def _session_options(threads: int, spinning: bool) -> ort.SessionOptions:
+def _session_options(threads: int, spinning: bool, profile: str | None = None) -> ort.SessionOptions:
     check_threads(threads)
     opts = ort.SessionOptions()
+    if profile:  # ORT's per-kernel trace, written as <profile>_<date>.json by end_profiling()
+        opts.enable_profiling, opts.profile_file_prefix = True, profile
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads  # 0 = ORT's default (one per physical core)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -136,14 +138,17 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def load_session(path: Path | str | bytes, provider: str, threads: int, options: ProviderOptions) -> ort.InferenceSession:
-    """An InferenceSession on `provider` from a file or a serialized model; a CUDA EP that fails to initialise is an OptimizeError."""
+def load_session(path: Path | str | bytes, provider: str, threads: int, options: ProviderOptions, profile: str | None = None) -> ort.InferenceSession:
+    """An InferenceSession on `provider` from a file or a serialized model; a CUDA EP that fails to initialise is an OptimizeError.
+
+    `profile`: a path prefix; the session then records ORT's profile (benchmarks' per-op breakdowns).
+    """
     chosen = providers(provider, options)
     source, path = (path, "an in-memory graph") if isinstance(path, bytes) else (str(path), path)
     try:
         # enable_fallback=0: ORT would otherwise print "EP Error" and quietly rebuild the session,
         # or re-run a failed step, on the CPU; a CUDA run must fail loudly instead
-        sess = ort.InferenceSession(source, _session_options(threads, options.intra_op_spinning), providers=chosen, enable_fallback=0)
+        sess = ort.InferenceSession(source, _session_options(threads, options.intra_op_spinning, profile), providers=chosen, enable_fallback=0)
     except ORT_ERRORS + (RuntimeError, ValueError) as e:
         reason = " ".join(str(e).split())
         if provider == "cuda" and "cuda" in reason.lower():

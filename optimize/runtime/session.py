@@ -30,13 +30,15 @@ def _io(args) -> list[tuple[str, int]]:
 class OrtPair:
     """encoder.onnx + decoder.onnx of one model directory, validated against optimize.contract."""
 
-    def __init__(self, model_dir: str | Path, provider: str = "cpu", threads: int = 0, options: ProviderOptions = ProviderOptions()):
+    def __init__(self, model_dir: str | Path, provider: str = "cpu", threads: int = 0, options: ProviderOptions = ProviderOptions(),
+                 profile: str | Path | None = None):  # fmt: skip
+        """`profile`: a path prefix; both sessions then record ORT's profile (<profile>_encoder_*.json, <profile>_decoder_*.json)."""
         enc_path, dec_path, _ = contract.model_paths(Path(model_dir))
         self.provider = provider
         self.threads = threads
         self.options = options
-        self.encoder = load_session(enc_path, provider, threads, options)
-        self.decoder = load_session(dec_path, provider, threads, options)
+        self.encoder = load_session(enc_path, provider, threads, options, profile and f"{profile}_encoder")
+        self.decoder = load_session(dec_path, provider, threads, options, profile and f"{profile}_decoder")
         contract.check_io(_io(self.encoder.get_inputs()), contract.ENCODER_INPUTS, "encoder inputs", str(enc_path))
         contract.check_io(_io(self.encoder.get_outputs()), contract.ENCODER_OUTPUTS, "encoder outputs", str(enc_path))
         contract.check_io(_io(self.decoder.get_inputs()), contract.DECODER_INPUTS, "decoder inputs", str(dec_path))
