@@ -35,6 +35,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from optimize import graph
 from optimize.contract import CROSS_MASK, DECODER_FILE, ENCODER_FILE, GRAPHS
 from optimize.fusion import fuse_attention
+from aed_dims import add_dim_args, dims_of
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,7 @@ class Row:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--d-model", type=int, default=64, help="model width (AED-L: 1280)")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (AED-L: 20)")
-    p.add_argument("--enc-layers", type=int, default=2, help="encoder blocks (AED-L: 16)")
-    p.add_argument("--dec-layers", type=int, default=2, help="decoder layers (AED-L: 16)")
-    p.add_argument("--vocab", type=int, default=60, help="output vocabulary (AED-L: 7832)")
-    p.add_argument("--kernel-size", type=int, default=None, help="conformer conv kernel (default 5 tiny, 33 otherwise)")
+    add_dim_args(p, d_model=64, heads=4, enc_layers=2, dec_layers=2, vocab=60)
     p.add_argument("--fixed-cache-len", type=int, default=None, help="export the v1 layout with this self-cache length (1024)")
     p.add_argument("--frames", type=int, default=1000, help="input fbank frames (10 ms each: 1000 = 10 s)")
     p.add_argument("--batch", type=int, default=1, help="utterances per call (all --frames long)")
@@ -79,9 +75,7 @@ def export_pair(args: argparse.Namespace, work: Path) -> Path:
     from optimize.export.checkpoint import make_random_checkpoint
     from optimize.export.exporter import ExportConfig, export_checkpoint
 
-    kernel = args.kernel_size or (5 if args.d_model <= 256 else 33)
-    dims = dict(d_model=args.d_model, n_head=args.heads, n_layers_enc=args.enc_layers, n_layers_dec=args.dec_layers)
-    ckpt = make_random_checkpoint(work / "ckpt", kernel_size=kernel, odim=args.vocab, **dims)
+    ckpt = make_random_checkpoint(work / "ckpt", **dims_of(args))
     export_checkpoint(ckpt, pair, ExportConfig(fixed_cache_len=args.fixed_cache_len))
     return pair
 

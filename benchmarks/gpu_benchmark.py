@@ -47,6 +47,7 @@ from optimize.runtime.inference import encode, open_decoder
 from optimize.runtime.search import DecodeConfig, search
 from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.session import OrtPair
+from aed_dims import add_dim_args, dims_of
 
 NEVER = -1  # an EOS id no token can take: the search runs exactly --steps steps
 TORCH_FP32 = "torch fp32"
@@ -70,12 +71,7 @@ Runner = Callable[[np.ndarray, np.ndarray, DecodeConfig], tuple[float, float, li
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda: CUDA EP + torch cuda; cpu: CPU EP + torch cpu")
-    p.add_argument("--d-model", type=int, default=64, help="model width (AED-L: 1280)")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (AED-L: 20)")
-    p.add_argument("--enc-layers", type=int, default=2, help="encoder blocks (AED-L: 16)")
-    p.add_argument("--dec-layers", type=int, default=2, help="decoder layers (AED-L: 16)")
-    p.add_argument("--vocab", type=int, default=60, help="output vocabulary (AED-L: 7832)")
-    p.add_argument("--kernel-size", type=int, default=None, help="conformer conv kernel (default 5 up to d_model 256, else 33)")
+    add_dim_args(p, d_model=64, heads=4, enc_layers=2, dec_layers=2, vocab=60)
     p.add_argument("--ckpt", type=Path, default=None, help="official checkpoint dir (default: a random one of the dims above)")
     p.add_argument("--fp32-pair", type=Path, default=None, help="our fp32 pair exported from --ckpt (default: export it)")
     p.add_argument("--fp16-pair", type=Path, default=None, help="the fp16 stage output of the fp32 pair (row skipped if absent)")
@@ -100,9 +96,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     if args.ckpt is None and not (ckpt / "model.pth.tar").is_file():
         from optimize.export.checkpoint import make_random_checkpoint
 
-        kernel = args.kernel_size or (5 if args.d_model <= 256 else 33)
-        dims = dict(d_model=args.d_model, n_head=args.heads, n_layers_enc=args.enc_layers, n_layers_dec=args.dec_layers, kernel_size=kernel, odim=args.vocab)
-        make_random_checkpoint(ckpt, **dims)
+        make_random_checkpoint(ckpt, **dims_of(args))
     pair = args.fp32_pair or work / "fp32"
     if args.fp32_pair is None and not (pair / "decoder.onnx").is_file():
         from optimize.export.exporter import export_checkpoint

@@ -52,6 +52,7 @@ import onnx
 
 from optimize import contract, graph
 from optimize.evaluate.memory import GIB, PeakRss, max_rss_bytes, rss_bytes
+from aed_dims import AED_L, add_dim_args, dims_of
 
 STEPS = ("ckpt", "fp32", "fp32-v1", "int8", "int8-v1", "int4dec", "int4ffn", "int8-static")
 # FireRedASR-AED-L: encoder 710,543,968 + decoder 429,806,080 parameters (the tied output
@@ -64,12 +65,7 @@ V1_CACHE_LEN = 1024  # the published v1 decoder's fixed self-cache length
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="output directory")
-    p.add_argument("--d-model", type=int, default=1280, help="model width (AED-L: 1280)")
-    p.add_argument("--heads", type=int, default=20, help="attention heads (AED-L: 20)")
-    p.add_argument("--enc-layers", type=int, default=16, help="conformer blocks (AED-L: 16)")
-    p.add_argument("--dec-layers", type=int, default=16, help="decoder layers (AED-L: 16)")
-    p.add_argument("--kernel-size", type=int, default=33, help="conformer depthwise kernel (AED-L: 33)")
-    p.add_argument("--vocab", type=int, default=7832, help="output vocabulary (AED-L: 7832)")
+    add_dim_args(p, **AED_L)
     p.add_argument("--seed", type=int, default=0, help="weight seed")
     p.add_argument("--release", type=int, choices=(1, 2), default=1, help="checkpoint format: 2 = FireRedASR2-AED (adds the CTC head)")
     p.add_argument("--with-ctc", action="store_true", help="export the CTC head as a third encoder output (release 2)")
@@ -82,13 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "same graphs take the external-data path as in the full-size run (memory measurements)",
     )  # fmt: skip
     return p.parse_args(argv)
-
-
-def dims_of(args: argparse.Namespace) -> dict:
-    return dict(
-        d_model=args.d_model, n_head=args.heads, n_layers_enc=args.enc_layers, n_layers_dec=args.dec_layers,
-        kernel_size=args.kernel_size, odim=args.vocab,
-    )  # fmt: skip
 
 
 def parameter_count(ckpt: Path) -> dict[str, int]:

@@ -206,6 +206,7 @@ def _benchmark_module(monkeypatch):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_benchmark.py"
     spec = importlib.util.spec_from_file_location("gpu_benchmark", path)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(path.parent))  # its sibling aed_dims.py
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
