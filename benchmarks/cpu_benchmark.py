@@ -11,10 +11,13 @@ freed before the next, so that only one model is in memory):
                   --steps and eos disabled, so it runs exactly that many steps
   ours-fp32       our runtime (`optimize bench`: encoder, then the greedy search) on ROOT/fp32
   ours-int8-spinning  the same on the int8 pair with ORT's intra-op spinning on (our runtime
-                  turns it off; ORT and sherpa-onnx leave it on)
+                  decides it from the host's load, "auto"; ORT and sherpa-onnx leave it on)
   ours-<variant>  the same on each variant pair (--variants; int8 = --int8 or ROOT/int8), at
-                  each --beams x --steps, and at each --batches (beam 1, first --steps) for
-                  aggregate throughput (B copies of the input decoded as one batch)
+                  each --beams x --steps, and at each --batches (beam 1, first --steps, and
+                  each --batch-regimes beam x steps) for aggregate throughput (B copies of
+                  the input decoded as one batch)
+  ours-int8-stacked  ours-int8 with the decoder run as published (ProviderOptions
+                  rewrite_decoder off, runtime/decoder_graph.py): what our runtime ran before
   sherpa-<variant>  sherpa_onnx.OfflineRecognizer.from_fire_red_asr (greedy) on the same pair
   sherpa-v1-int8  the same on ROOT/int8-v1, the published v1 layout (self-cache fixed at 1024)
 
@@ -58,7 +61,7 @@ from optimize.evaluate.memory import GIB, PeakRss
 VARIANTS = ("int8", "int4dec", "int4ffn", "int8-static")  # our pairs: make_aed_l.py step names
 # ours-int8-spinning: our runtime on the int8 pair with ORT's intra-op spinning on (ORT's and
 # sherpa-onnx's default; ours is off, runtime/providers.py), encoder + greedy only
-SYSTEMS = ("official-eager", "ours-fp32", *(f"ours-{v}" for v in VARIANTS), "ours-int8-spinning",
+SYSTEMS = ("official-eager", "ours-fp32", *(f"ours-{v}" for v in VARIANTS), "ours-int8-spinning", "ours-int8-stacked",
            *(f"sherpa-{v}" for v in VARIANTS), "sherpa-v1-int8")  # fmt: skip
 SAMPLE_RATE = 16000
 # The targets at full AED-L size: (ratio key, minimum); "<=" ones are maxima (TARGET_MAXIMA).
@@ -103,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=[32, 64], help="decoder step counts (eos never comes); the first is the headline")
     p.add_argument("--beams", type=int, nargs="+", default=[1, 3], help="beam sizes for official-eager and our variants")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], help="batch sizes for our variants' throughput (beam 1)")
+    p.add_argument("--batch-regimes", type=regime, nargs="+", default=[],
+                   help="BxS: also time the --batches at beam B and S steps (e.g. 3x64, the decode-heavy case: 30-60 tokens per 10 s, beam 3)")  # fmt: skip
     p.add_argument("--official-grid", choices=("full", "headline"), default="full",
                    help="official-eager at every beam x steps, or only greedy at the first --steps (it is the slowest system)")  # fmt: skip
     p.add_argument("--official-repeats", type=int, default=None,
@@ -114,6 +119,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ORT profile of our variants by op type: when a target is missed, always, or never")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="results file (default ROOT/cpu_benchmark.json)")
     return p.parse_args(argv)
+
+
+def regime(text: str) -> tuple[int, int]:
+    """"3x64" -> (beam 3, 64 steps)."""
+    beam, steps = (int(v) for v in text.lower().split("x"))
+    return beam, steps
+
+
+def regime_key(batch: int, beam: int, steps: int) -> str:
+    return f"batch {batch}, beam {beam}, {steps} steps"
 
 
 def features(frames: int, seed: int = 0) -> np.ndarray:
@@ -190,10 +205,11 @@ def grid_key(beam: int, steps: int) -> str:
     return f"beam {beam}, {steps} steps"
 
 
-def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: bool, spinning: bool = False) -> dict:
+def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: bool, spinning: bool = False, stacked: bool = False) -> dict:
     """Our runtime through `optimize bench`'s own code; `full`: the beam grid and the batch sizes too.
 
-    `spinning`: ORT's intra-op spinning on (our runtime's default is off).
+    `spinning`: ORT's intra-op spinning on (our runtime decides it from the host's load, "auto").
+    `stacked`: the decoder run as published, not rewritten (runtime/decoder_graph.py).
     """
     import onnxruntime as ort
 
@@ -201,7 +217,8 @@ def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: boo
 
     batches = sorted(set(args.batches) | {1}) if full else [1]
     start = time.perf_counter()
-    cfg = BenchConfig(frames=x.shape[1], steps=args.steps[0], threads=args.threads, spinning=spinning, warmup=args.warmup, repeats=args.repeats)
+    cfg = BenchConfig(frames=x.shape[1], steps=args.steps[0], threads=args.threads, spinning=True if spinning else None,
+                      rewrite_decoder=not stacked, warmup=args.warmup, repeats=args.repeats)  # fmt: skip
     bench = Bench(pair_dir, cfg)
     load_s = time.perf_counter() - start
     raw, by, throughput, totals = {}, {}, {}, {}
@@ -216,10 +233,15 @@ def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: boo
         if batch > 1:
             raw[f"batch {batch} runs_ms (encoder, search)"] = r.runs_ms
         throughput[f"batch {batch}"] = batch * x.shape[1] / 100 / (r.total_ms / 1e3)
+    for beam, steps in args.batch_regimes if full else []:
+        for batch in batches:
+            r = totals[beam, steps] if batch == 1 and (beam, steps) in totals else bench.measure(batch=batch, beam=beam, steps=steps)
+            raw[f"{regime_key(batch, beam, steps)} runs_ms (encoder, search)"] = r.runs_ms
+            throughput[regime_key(batch, beam, steps)] = batch * x.shape[1] / 100 / (r.total_ms / 1e3)
     timed = ("optimize bench (optimize.evaluate.bench.Bench): per run, encoder then the recognizer's search (beam B, eos suppressed, "
              f"exactly S steps), each clocked; step = median search / S; throughput = B x audio seconds / median(encoder + search) at "
              f"beam 1, {args.steps[0]} steps")  # fmt: skip
-    runtime = f"onnxruntime {ort.__version__} (our runtime{', intra-op spinning' if spinning else ''})"
+    runtime = f"onnxruntime {ort.__version__} (our runtime, {'decoder as published, ' if stacked else ''}intra-op spinning {bench.pair.spinning})"
     return dict(runtime=runtime, encoder_s=headline.encoder_ms / 1e3, step_s=by[grid_key(1, args.steps[0])],
                 load_s=load_s, timed=timed, raw=raw, step_s_by=by, throughput=throughput)  # fmt: skip
 
@@ -269,7 +291,7 @@ def time_sherpa(pair_dir: Path, seconds: float, args: argparse.Namespace) -> dic
 
 def pair_of(name: str, args: argparse.Namespace) -> Path:
     """The pair a system of ours or sherpa-onnx's runs."""
-    variant = name.split("-", 1)[1].removesuffix("-spinning")
+    variant = name.split("-", 1)[1].removesuffix("-spinning").removesuffix("-stacked")
     if variant == "int8" and args.int8:
         return args.int8
     return args.root / ("int8-v1" if variant == "v1-int8" else variant)
@@ -281,7 +303,8 @@ def run_system(name: str, args: argparse.Namespace, x: np.ndarray, mem: PeakRss)
         if name == "official-eager":
             r = time_official(args.root / "ckpt", x, args)
         elif name.startswith("ours-"):
-            r = time_ours(pair_of(name, args), x, args, full=name not in ("ours-fp32", "ours-int8-spinning"), spinning=name.endswith("-spinning"))
+            r = time_ours(pair_of(name, args), x, args, full=name not in ("ours-fp32", "ours-int8-spinning"),
+                          spinning=name.endswith("-spinning"), stacked=name.endswith("-stacked"))  # fmt: skip
         else:
             r = time_sherpa(pair_of(name, args), seconds, args)
         gc.collect()  # the model goes before the next system loads
@@ -311,8 +334,9 @@ def ratios(rows: dict[str, Timing], args: argparse.Namespace) -> dict[str, float
         "decoder step speedup int4dec vs int8 (our runtime)": ("ours-int8", "ours-int4dec", "step_ms"),
         "decoder step speedup int4ffn vs int8 (our runtime)": ("ours-int8", "ours-int4ffn", "step_ms"),
         "encoder speedup int8-static vs int8 (our runtime)": ("ours-int8", "ours-int8-static", "encoder_ms"),
-        "e2e speedup int8 no spinning (ours) vs spinning": ("ours-int8-spinning", "ours-int8", "e2e_s"),
-        "encoder speedup int8 no spinning (ours) vs spinning": ("ours-int8-spinning", "ours-int8", "encoder_ms"),
+        "e2e speedup int8 ours (spinning auto) vs spinning on": ("ours-int8-spinning", "ours-int8", "e2e_s"),
+        "encoder speedup int8 ours (spinning auto) vs spinning on": ("ours-int8-spinning", "ours-int8", "encoder_ms"),
+        "decoder step speedup int8 ours vs decoder as published (our runtime)": ("ours-int8-stacked", "ours-int8", "step_ms"),
         **{f"e2e speedup {v} vs official eager": ("official-eager", f"ours-{v}", "e2e_s") for v in VARIANTS},
         **{f"e2e speedup ours vs sherpa-onnx, {v} pair": (f"sherpa-{v}", f"ours-{v}", "e2e_s") for v in VARIANTS},
         **{f"encoder speedup ours vs sherpa-onnx, {v} pair": (f"sherpa-{v}", f"ours-{v}", "encoder_ms") for v in VARIANTS},
@@ -330,6 +354,10 @@ def ratios(rows: dict[str, Timing], args: argparse.Namespace) -> dict[str, float
                 out[f"beam 3 vs greedy per step, {label}" + ("" if steps == args.steps[0] else f" ({steps} steps)")] = beam3 / greedy
         if "batch 1" in t.throughput and "batch 16" in t.throughput:
             out[f"batch 16 vs batch 1 throughput, {variant}"] = t.throughput["batch 16"] / t.throughput["batch 1"]
+        for beam, steps in args.batch_regimes:
+            one, many = (t.throughput.get(regime_key(b, beam, steps)) for b in (1, 16))
+            if one and many:
+                out[f"batch 16 vs batch 1 throughput, {variant} (beam {beam}, {steps} steps)"] = many / one
     for name in ("ours-int8", "sherpa-int8"):
         if name in rows:
             out[f"rtf {name}"] = rows[name].rtf
@@ -393,6 +421,7 @@ def markdown(rows: dict[str, Timing], r: dict[str, float], checks: dict, args: a
         lines += ["", "| system | " + " | ".join(f"ms/step {g}" for g in grid) + " |", "|---|" + "---|" * len(grid)]
         lines += [f"| {t.system} | " + " | ".join(f"{t.step_ms_by[g]:.2f}" if g in t.step_ms_by else "-" for g in grid) + " |" for t in by_rows]
     batches = [f"batch {b}" for b in sorted(set(args.batches) | {1})]
+    batches += [regime_key(b, beam, steps) for beam, steps in args.batch_regimes for b in sorted(set(args.batches) | {1})]
     tp_rows = [t for t in rows.values() if t.throughput]
     if tp_rows:
         lines += ["", f"| system | " + " | ".join(f"audio s/s {b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
@@ -466,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     missed = any(not c["met"] for c in checks.values())
     if args.profile == "always" or (args.profile == "on-miss" and missed):
         out = (args.json or args.root / "cpu_benchmark.json").parent / "profiles"
-        for name in [n for n in rows if n.startswith("ours-") and n not in ("ours-fp32", "ours-int8-spinning")]:
+        for name in [n for n in rows if n.startswith("ours-") and n not in ("ours-fp32", "ours-int8-spinning", "ours-int8-stacked")]:
             report[f"profile_{name}"] = profile_by_op(pair_of(name, args), args.frames, args.steps[0], args.threads, out / name)
             text += "\n" + profile_markdown(report[f"profile_{name}"], name)
     path = args.json or args.root / "cpu_benchmark.json"

@@ -25,6 +25,7 @@ writes it with a JSON twin to --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -225,7 +226,7 @@ def run_all(args: argparse.Namespace, ckpt: Path, fp32_pair: Path) -> list[Row]:
 
     def ort_rows(name: str, pair_dir: Path, io_binding: bool) -> list[Row]:
         def make() -> Runner:
-            pair = OrtPair(pair_dir, provider, args.threads, options)
+            pair = OrtPair(pair_dir, provider, args.threads, dataclasses.replace(options, io_binding=io_binding))
             check_dims(pair, ckpt_args, pair_dir)
             return ort_runner(pair, args.device, io_binding, args.steps)
 

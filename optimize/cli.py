@@ -467,7 +467,7 @@ def bench(
     provider: Optional[str] = typer.Option(None, "--provider", help=f"cpu or cuda [default: {_BENCH['provider']}]"),
     threads: Optional[int] = typer.Option(None, "--threads", help=f"ORT intra-op threads [default: {_BENCH['threads']}]"),
     io_binding: bool = typer.Option(False, "--io-binding", help="decode through IOBinding on the CPU provider too (CUDA always does)"),
-    spinning: Optional[bool] = typer.Option(None, "--spinning/--no-spinning", help="ORT intra-op spinning [default: the runtime's, off]"),
+    spinning: Optional[bool] = typer.Option(None, "--spinning/--no-spinning", help="ORT intra-op spinning [default: the runtime's, auto: on only when each thread finds an idle core]"),
     repeats: Optional[int] = typer.Option(None, "--repeats", help=f"timed runs, medians reported [default: {_BENCH['repeats']}]"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the results, the settings and the CPU model here"),
 ):

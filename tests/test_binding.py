@@ -87,7 +87,7 @@ def test_bound_tokens_equal_plain_on_an_fp16_pair(pair, feats, tmp_path):
 def test_bound_step_logits_equal_plain_across_a_reorder(tiny_pair, tiny_pair_v1, cache):
     """Replicate 2 utterances x beam 2, step 3 times, reorder with a repeated parent, step again."""
     pair = OrtPair(tiny_pair if cache == "dynamic" else tiny_pair_v1, threads=1)
-    bound = BoundPair(pair)
+    bound = BoundPair(OrtPair(tiny_pair if cache == "dynamic" else tiny_pair_v1, threads=1, options=BOUND_CPU))
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 40, 80)).astype(np.float32)
     x_len = np.array([40, 29])

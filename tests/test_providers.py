@@ -48,7 +48,39 @@ def test_cuda_library_problem_names_what_does_not_load(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("spinning", [False, True])
 def test_intra_op_spinning_reaches_the_session(spinning):
-    """ProviderOptions.intra_op_spinning sets ORT's allow_spinning; off by default (BENCHMARKS.md 9.4)."""
-    assert ProviderOptions().intra_op_spinning is False
+    """ProviderOptions.intra_op_spinning sets ORT's allow_spinning; "auto" by default, a set value is kept as set."""
+    assert ProviderOptions().intra_op_spinning == "auto"
+    assert ProviderOptions(intra_op_spinning=spinning).resolved(2) == (ProviderOptions(intra_op_spinning=spinning), f"{'on' if spinning else 'off'}: set")
     opts = providers._session_options(2, spinning)
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning else "0")
+
+
+@pytest.mark.parametrize(
+    "pool, idle, spin",
+    [(2, 1.95, True), (2, 1.5, False), (2, 0.3, False), (4, 1.99, False), (1, 2.0, False), (2, None, False)],
+    ids=["idle", "half-busy", "busy", "more-threads-than-cores", "one-thread", "unknown"],
+)
+def test_spinning_choice_spins_only_with_an_idle_core_per_thread(pool, idle, spin):
+    got, why = providers.spinning_choice(pool, 2.0, idle)
+    assert got is spin and why.startswith("on" if spin else "off") and "\n" not in why
+
+
+def test_idle_cores_from_proc_stat_samples(tmp_path, monkeypatch):
+    from optimize import host
+
+    monkeypatch.setattr(host.os, "sched_getaffinity", lambda pid: {0, 1})
+    stat = tmp_path / "stat"
+
+    def sample(cpu0: tuple[int, ...], cpu1: tuple[int, ...]) -> dict:
+        rows = ["cpu  0 0 0 0 0 0 0 0"] + [f"cpu{i} " + " ".join(map(str, t)) for i, t in enumerate((cpu0, cpu1))]
+        stat.write_text("\n".join(rows) + "\nintr 5\n")
+        return host.cpu_times(stat)
+
+    # user nice system idle iowait irq softirq steal: cpu0 all idle, cpu1 a niced job the whole time
+    before = sample((10, 0, 0, 100, 0, 0, 0, 0), (10, 50, 0, 100, 0, 0, 0, 0))
+    after = sample((10, 0, 0, 200, 0, 0, 0, 0), (10, 150, 0, 100, 0, 0, 0, 0))
+    assert host.idle_cores(before, after) == pytest.approx(1.0)
+    assert host.idle_cores(None, after) is None
+    assert host.cpu_times(tmp_path / "missing") is None
+    with pytest.raises(OptimizeError, match="intra_op_spinning"):
+        ProviderOptions(intra_op_spinning="sometimes")

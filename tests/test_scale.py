@@ -195,13 +195,16 @@ def test_cpu_benchmark_runs_end_to_end(tmp_path):
     assert all(r["max_rss_gib"] > r["baseline_rss_gib"] for r in report["steps"].values())
 
     out = tmp_path / "bench.json"
-    bench = run(BENCHMARKS / "cpu_benchmark.py", root, "--steps", 2, "--repeats", 1, "--frames", 300, "--batches", 1, 2, "--profile", "always", "--json", out)
+    bench = run(BENCHMARKS / "cpu_benchmark.py", root, "--steps", 2, "--repeats", 1, "--frames", 300, "--batches", 1, 2, "--batch-regimes", "3x2",
+                "--profile", "always", "--json", out)  # fmt: skip
     assert bench.returncode == 0, bench.stderr[-3000:]
     result = json.loads(out.read_text())
     variants = ["int8", "int4dec", "int4ffn", "int8-static"]
     assert list(result["systems"]) == ["official-eager", "ours-fp32", *(f"ours-{v}" for v in variants), "ours-int8-spinning",
-                                       *(f"sherpa-{v}" for v in variants), "sherpa-v1-int8"]  # fmt: skip
-    assert "intra-op spinning" in result["systems"]["ours-int8-spinning"]["runtime"]
+                                       "ours-int8-stacked", *(f"sherpa-{v}" for v in variants), "sherpa-v1-int8"]  # fmt: skip
+    assert "intra-op spinning on: set" in result["systems"]["ours-int8-spinning"]["runtime"]
+    assert "decoder as published" in result["systems"]["ours-int8-stacked"]["runtime"]
+    assert {"batch 1, beam 3, 2 steps", "batch 2, beam 3, 2 steps"} <= set(result["systems"]["ours-int8"]["throughput"])
     for name, t in result["systems"].items():
         assert t["steps"] == 2, name
         if "NOT MEASURED" in t["timed"]:

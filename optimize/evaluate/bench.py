@@ -33,6 +33,7 @@ class BenchConfig:
     threads: int = 2  # ORT intra-op threads
     io_binding: bool = False  # decode through IOBinding on the CPU provider too (CUDA always does)
     spinning: bool | None = None  # ORT intra-op spinning; None = the runtime's default (ProviderOptions)
+    rewrite_decoder: bool = True  # run the decoder as runtime/decoder_graph.py rewrites it (the runtime's default); False = as published
     warmup: int = 1  # untimed runs first
     repeats: int = 5  # timed runs; medians are reported
 
@@ -74,7 +75,7 @@ class Bench:
         self.model_dir = str(model_dir)
         self.cfg = cfg or BenchConfig()
         spinning = {} if self.cfg.spinning is None else {"intra_op_spinning": self.cfg.spinning}
-        options = ProviderOptions(io_binding=self.cfg.io_binding, **spinning)
+        options = ProviderOptions(io_binding=self.cfg.io_binding, rewrite_decoder=self.cfg.rewrite_decoder, **spinning)
         self.pair = OrtPair(model_dir, self.cfg.provider, self.cfg.threads, options, profile)
         self.bound = BoundPair(self.pair) if options.binds(self.cfg.provider) else None
 

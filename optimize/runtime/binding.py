@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from optimize import contract
+from optimize.errors import OptimizeError
 from optimize.runtime.helper_graphs import gather_rows_model, zeros_model
 from optimize.runtime.providers import load_session
 from optimize.runtime.session import OrtPair, decoder_feed
@@ -111,6 +112,11 @@ class BoundPair:
         cross_mask: shape = (N, 1, 1, T'), float32, 0 valid / -inf padded, or None.
         returns: logits shape = (N, 1, V), float32, on the host, and the new caches on the device.
         """
+        if self.pair.layout is not None:
+            raise OptimizeError(
+                "this pair's decoder was opened for the numpy path (rewritten: runtime/decoder_graph.py)",
+                "open the OrtPair with ProviderOptions(io_binding=True) to decode through IOBinding",
+            )
         feed = decoder_feed(tokens, k_cache, v_cache, cross_k, cross_v, offset, cross_mask)
         logits, k_cache, v_cache = self._run(self.pair.decoder, feed, host_outputs=(_LOGITS,), device_outputs=(_OUT_K, _OUT_V))
         return logits.numpy(), k_cache, v_cache

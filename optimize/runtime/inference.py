@@ -117,11 +117,13 @@ class OrtInference:
 
     def start(self, beam: int) -> None:
         # Row n * beam + b holds beam b of utterance n, as torch's repeat(1, B, 1, 1).view(N * B, ...).
+        # A decoder that takes cross K/V per utterance (OrtPair.cross_per_utterance) shares them instead.
         cross_k, cross_v, mask = self._enc
-        self._cross_k = np.repeat(cross_k, beam, axis=1) if beam > 1 else cross_k
-        self._cross_v = np.repeat(cross_v, beam, axis=1) if beam > 1 else cross_v
-        self._mask = None if mask is None else np.repeat(mask, beam, axis=0)
-        rows = self._cross_k.shape[1]
+        repeat = beam if beam > 1 and not (self.pair.cross_per_utterance and self.pair.max_decoder_rows is None) else 1
+        self._cross_k = np.repeat(cross_k, repeat, axis=1) if repeat > 1 else cross_k
+        self._cross_v = np.repeat(cross_v, repeat, axis=1) if repeat > 1 else cross_v
+        self._mask = None if mask is None else np.repeat(mask, repeat, axis=0)
+        rows = cross_k.shape[1] * beam
         self._k = self.pair.empty_cache(rows, self.cache_len)
         self._v = self.pair.empty_cache(rows, self.cache_len)
         self._filled = 0

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from optimize import host
 from optimize.errors import OptimizeError
 
 # ORT's pybind exceptions derive from Exception directly, not RuntimeError.
@@ -32,6 +33,7 @@ ORT_ERRORS = (
 PROVIDERS = ("cpu", "cuda")
 _CUDA_FIX = "install the CUDA and cuDNN libraries onnxruntime-gpu was built for (its [cuda,cudnn] extras), or use --provider cpu"
 CUDNN_CONV_ALGO_SEARCHES = ("HEURISTIC", "EXHAUSTIVE", "DEFAULT")
+SPINNING = (True, False, "auto")
 ARENA_EXTEND_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
 
 
@@ -58,11 +60,16 @@ class ProviderOptions:
     # keep cross K/V and the self-caches as OrtValues on the device (IOBinding) on the CPU provider
     # too; the CUDA provider always does (optimize.runtime.binding)
     io_binding: bool = False
-    # let ORT's intra-op threads spin between ops (ORT's default). Off: on a machine whose cores
-    # other processes also use, our AED-L-width encoder ran 2.0x (onnxruntime 1.28) and 3.3x
-    # (1.32) faster without spinning, in one run each (BENCHMARKS.md 9.4); the encoder's and
-    # decoder's pools also stop spinning against each other. Unmeasured on an idle machine.
-    intra_op_spinning: bool = False
+    # let ORT's intra-op threads spin between ops instead of sleeping: True, False, or "auto" =
+    # on only when every thread of the pool finds an idle core when the session is made
+    # (spinning_choice). On the AED-L int8 pair spinning was 1.15x faster end to end with
+    # nothing else running, 2.74x slower with other jobs on the cores (BENCHMARKS.md 9.3, 9.3.1)
+    intra_op_spinning: bool | str = "auto"
+    # numpy path: run the decoder rewritten in memory (the file is unchanged; runtime/decoder_graph.py):
+    # each layer's cross K/V its own input (no per-step copy of the stacked (L, N, T', D) input), on
+    # fused graphs one cross K/V row per utterance for all its beams, and only the step's new K/V
+    # returned and written into the caches in place (no per-step copy of both whole caches)
+    rewrite_decoder: bool = True
 
     def __post_init__(self):
         bad = {
@@ -70,14 +77,24 @@ class ProviderOptions:
             "arena_extend_strategy": self.arena_extend_strategy not in ARENA_EXTEND_STRATEGIES,
             "device_id": self.device_id < 0,
             "gpu_mem_limit": self.gpu_mem_limit < 0,
+            "intra_op_spinning": self.intra_op_spinning not in SPINNING,
         }
         names = [name for name, is_bad in bad.items() if is_bad]
         if names:
             raise OptimizeError(
                 f"invalid provider options {', '.join(f'{n}={getattr(self, n)!r}' for n in names)}",
                 f"use cudnn_conv_algo_search in {CUDNN_CONV_ALGO_SEARCHES}, arena_extend_strategy in "
-                f"{ARENA_EXTEND_STRATEGIES}, device_id >= 0, gpu_mem_limit >= 0",
+                f"{ARENA_EXTEND_STRATEGIES}, device_id >= 0, gpu_mem_limit >= 0, intra_op_spinning in {SPINNING}",
             )
+
+    def resolved(self, threads: int) -> tuple[ProviderOptions, str]:
+        """These options with intra_op_spinning decided for a pool of `threads` (0 = one per core), and why."""
+        if self.intra_op_spinning != "auto":
+            return self, f"{'on' if self.intra_op_spinning else 'off'}: set"
+        cores = host.usable_cores()
+        pool = threads or int(cores)
+        spin, why = spinning_choice(pool, cores, host.sample_idle_cores() if pool > 1 else None)
+        return replace(self, intra_op_spinning=spin), why
 
     def binds(self, provider: str) -> bool:
         """Whether the recognizer decodes through IOBinding on `provider`: always on CUDA, on the CPU when asked."""
@@ -94,6 +111,22 @@ class ProviderOptions:
         if self.gpu_mem_limit:  # ORT's own default is SIZE_MAX; only a limit that was asked for is passed
             opts["gpu_mem_limit"] = str(self.gpu_mem_limit)
         return opts
+
+
+def spinning_choice(pool: int, cores: float, idle: float | None) -> tuple[bool, str]:
+    """(spin, why) for an intra-op pool of `pool` threads, given the usable cores and how many were idle.
+
+    A spinning worker keeps its core between ops so the next op starts without a wake-up (the
+    decoder step is ~900 small kernels at AED-L size); it only pays while no other process
+    wants that core, and costs the most exactly when one does. So: on only when every thread
+    of the pool finds an idle core. A quarter core of slack absorbs the host's daemons.
+    """
+    if pool <= 1:
+        return False, "off: one intra-op thread, no pool to spin"
+    if idle is None:
+        return False, "off: the host's CPU load is unknown"
+    spin = idle >= pool - 0.25
+    return spin, f"{'on' if spin else 'off'}: {idle:.1f} of {cores:g} usable cores idle for {pool} intra-op threads"
 
 
 MAX_THREADS = 1024  # far above any core count; a larger value is a typo
@@ -144,6 +177,7 @@ def load_session(path: Path | str | bytes, provider: str, threads: int, options:
     `profile`: a path prefix; the session then records ORT's profile (benchmarks' per-op breakdowns).
     """
     chosen = providers(provider, options)
+    options, _ = options.resolved(threads)
     source, path = (path, "an in-memory graph") if isinstance(path, bytes) else (str(path), path)
     try:
         # enable_fallback=0: ORT would otherwise print "EP Error" and quietly rebuild the session,

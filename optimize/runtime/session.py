@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from optimize import contract
 from optimize.errors import OptimizeError
+from optimize.runtime.decoder_graph import DecoderLayout, layer_input, rewrite_decoder
 from optimize.runtime.providers import ProviderOptions, load_session
 
 _X, _X_LEN = (name for name, _ in contract.ENCODER_INPUTS)
@@ -36,9 +37,11 @@ class OrtPair:
         enc_path, dec_path, _ = contract.model_paths(Path(model_dir))
         self.provider = provider
         self.threads = threads
-        self.options = options
+        # spinning decided once for both sessions (and BoundPair's helpers), from the host's load now
+        self.options, self.spinning = options.resolved(threads)
+        options = self.options
         self.encoder = load_session(enc_path, provider, threads, options, profile and f"{profile}_encoder")
-        self.decoder = load_session(dec_path, provider, threads, options, profile and f"{profile}_decoder")
+        self.decoder, self.layout = _load_decoder(dec_path, provider, threads, options, profile and f"{profile}_decoder")
         contract.check_io(_io(self.encoder.get_inputs()), contract.ENCODER_INPUTS, "encoder inputs", str(enc_path))
         contract.check_io(_io(self.encoder.get_outputs()), contract.ENCODER_OUTPUTS, "encoder outputs", str(enc_path))
         contract.check_io(_io(self.decoder.get_inputs()), contract.DECODER_INPUTS, "decoder inputs", str(dec_path))
@@ -53,6 +56,11 @@ class OrtPair:
         # The published v1 graphs fix the batch dim at 1 (int); ours leave it symbolic (str).
         self.max_encoder_rows = _fixed(self.encoder.get_inputs()[0].shape[0])
         self.max_decoder_rows = _fixed(self.decoder.get_inputs()[0].shape[0])
+
+    @property
+    def cross_per_utterance(self) -> bool:
+        """Whether decoder_step takes cross K/V (and mask) with one row per utterance, shared by its beams."""
+        return self.layout is not None and self.layout.per_utterance
 
     @property
     def fixed_cache_len(self) -> int | None:
@@ -114,20 +122,54 @@ class OrtPair:
 
         tokens: shape = (N, 1), int64, the previous token of each row.
         k_cache, v_cache: shape = (L, N, S, H, Dh), float32; positions < offset are filled.
-        cross_k, cross_v: shape = (L, N, T', D), float32, from `encode`.
-        cross_mask: shape = (N, 1, 1, T'), float32, 0 valid / -inf padded; only for pairs with has_cross_mask.
-        returns: logits shape = (N, 1, V), float32, and the caches with position `offset` written.
+        cross_k, cross_v: shape = (L, N, T', D), float32, from `encode`; (L, U, T', D) with U
+        utterances of N / U rows each (row u x N / U + b) when cross_per_utterance.
+        cross_mask: shape = (N or U, 1, 1, T'), float32, 0 valid / -inf padded; only for pairs with has_cross_mask.
+        returns: logits shape = (N, 1, V), float32, and the caches with position `offset` written:
+        new arrays, or, when the rewritten decoder appends (layout.appends_kv), k_cache and
+        v_cache themselves, written in place.
         """
         if cross_mask is not None and not self.has_cross_mask:
             raise OptimizeError("this decoder has no cross_attn_mask input", "decode with batch_size 1")
         feed = decoder_feed(tokens, k_cache, v_cache, cross_k, cross_v, offset, cross_mask)
-        logits, k_cache, v_cache = self.decoder.run(_DEC_OUTPUTS, feed)
+        if self.layout is None:
+            logits, k_cache, v_cache = self.decoder.run(_DEC_OUTPUTS, feed)
+            return logits, k_cache, v_cache
+        for name, stacked in ((_CROSS_K, cross_k), (_CROSS_V, cross_v)):  # layer i as a view: nothing is copied
+            feed |= {layer_input(name, i): stacked[i] for i in range(self.layout.layers)}
+        logits, k_new, v_new = self.decoder.run(_DEC_OUTPUTS, feed)
+        if not self.layout.appends_kv:
+            return logits, k_new, v_new
+        k_cache[:, :, offset] = k_new[:, :, 0]
+        v_cache[:, :, offset] = v_new[:, :, 0]
         return logits, k_cache, v_cache
 
     def empty_cache(self, rows: int, length: int) -> np.ndarray:
         """Zero self-cache, shape = (L, rows, length, H, Dh), float32."""
         i = self.info
         return np.zeros((i.num_decoder_layers, rows, length, i.num_head, i.head_dim), dtype=np.float32)
+
+
+def _load_decoder(path: Path, provider: str, threads: int, options: ProviderOptions, profile: str | None) -> tuple[object, DecoderLayout | None]:
+    """(session, DecoderLayout or None): the decoder as decoder_graph.rewrite_decoder rewrites it, where it fits.
+
+    Only on the numpy path (the IOBinding path feeds device OrtValues, which cannot be sliced
+    per layer) and for decoders that keep their weights in the .onnx file (protobuf's 2 GB
+    limit: an in-memory copy of a larger one cannot be serialized).
+    """
+    if not options.rewrite_decoder or options.binds(provider):
+        return load_session(path, provider, threads, options, profile), None
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return load_session(path, provider, threads, options, profile), None
+    layout = rewrite_decoder(model)
+    if layout is None:
+        return load_session(path, provider, threads, options, profile), None
+    data = model.SerializeToString()
+    del model  # the proto and its bytes hold the weights twice until the session has them
+    return load_session(data, provider, threads, options, profile), layout
 
 
 def _fixed(dim) -> int | None:
