@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed searches per set-up, rows and pass")
     p.add_argument("--passes", type=int, default=2, help="passes through all set-ups (load, time, free)")
     p.add_argument("--profile", choices=tuple(SETUPS), default=None, help="also profile this set-up by op type")
+    p.add_argument("--parity", type=parse_rows, default=None, help="UxB: first check the rewritten decoder's logits against the published one's at these rows")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -97,6 +98,27 @@ def search_seconds(pair: OrtPair, utterances: int, beam: int, steps: int, frames
     return spent
 
 
+def rewrite_parity(pair_dir: Path, rows: tuple[int, int], steps: int, frames: int) -> dict:
+    """Logits of the rewritten decoder vs the published one: `steps` forced steps of U x B rows with a
+    beam reorder after each (the numeric check of runtime/decoder_graph.py at this pair's size)."""
+    pairs = [OrtPair(pair_dir, "cpu", 2, ProviderOptions(rewrite_decoder=r, intra_op_spinning=False)) for r in (True, False)]
+    cross_k, cross_v = cross_kv(pairs[0], rows[0], frames)
+    mask = np.zeros((rows[0], 1, 1, cross_k.shape[2]), dtype=np.float32) if rows[0] > 1 else None
+    worst, scale = 0.0, 0.0
+    models = [OrtInference(p, cross_k, cross_v, mask, steps + 1) for p in pairs]
+    for m in models:
+        m.start(rows[1])
+    n = rows[0] * rows[1]
+    tokens = np.full(n, pairs[0].info.sos, dtype=np.int64)
+    for t in range(steps):
+        ours, published = (m.step(tokens, t) for m in models)
+        worst, scale = max(worst, float(np.abs(ours - published).max())), max(scale, float(np.abs(published).max()))
+        tokens = np.argmax(published, axis=1).astype(np.int64)
+        for m in models:
+            m.reorder(np.roll(np.arange(n), 1))
+    return {"rows": f"{rows[0]}x{rows[1]}", "steps": steps, "max_abs_diff": worst, "max_abs_logit": scale, "layout": str(pairs[0].layout)}
+
+
 def profile(pair_dir: Path, threads: int, options: ProviderOptions, rows: tuple[int, int], args, out: Path) -> dict:
     """Kernel ms per step by op type (ORT profiler) of one search at `rows`, after an unprofiled warm-up."""
     pair = OrtPair(pair_dir, "cpu", threads, options, profile=out / f"profile_{rows[0]}x{rows[1]}")
@@ -119,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from optimize.host import cpu_summary
 
+    parity = rewrite_parity(args.pair, args.parity, 8, args.frames) if args.parity else None
+    if parity:
+        print(f"rewritten vs published decoder, {parity['rows']} rows, 8 steps with reorders: max |logit diff| "
+              f"{parity['max_abs_diff']:.3g} (max |logit| {parity['max_abs_logit']:.3g}); {parity['layout']}", flush=True)  # fmt: skip
     times: dict[str, dict[str, list[float]]] = {s: {f"{u}x{b}": [] for u, b in args.rows} for s in args.setups}
     loads: dict[str, list[float]] = {s: [] for s in args.setups}
     decided: dict[str, str] = {}
@@ -138,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     cols = [f"{u}x{b}" for u, b in args.rows]
     print("\n| set-up | load s | " + " | ".join(f"{c} ms/step (ms/row-step)" for c in cols) + " |")
     print("|---|---|" + "---|" * len(cols))
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "cpu": cpu_summary(), "setups": {}}
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "cpu": cpu_summary(), "parity": parity, "setups": {}}
     for name in args.setups:
         ms = {c: 1e3 * statistics.median(times[name][c]) / args.steps for c in cols}
         rows = dict(zip(cols, args.rows))
