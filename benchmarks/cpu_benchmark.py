@@ -17,7 +17,8 @@ freed before the next, so that only one model is in memory):
                   each --batch-regimes beam x steps) for aggregate throughput (B copies of
                   the input decoded as one batch)
   ours-int8-stacked  ours-int8 with the decoder run as published (ProviderOptions
-                  rewrite_decoder off, runtime/decoder_graph.py): what our runtime ran before
+                  rewrite_decoder off, runtime/decoder_graph.py): what our runtime ran before;
+                  encoder + greedy only (decoder_step.py compares beams and batches)
   sherpa-<variant>  sherpa_onnx.OfflineRecognizer.from_fire_red_asr (greedy) on the same pair
   sherpa-v1-int8  the same on ROOT/int8-v1, the published v1 layout (self-cache fixed at 1024)
 
@@ -303,7 +304,7 @@ def run_system(name: str, args: argparse.Namespace, x: np.ndarray, mem: PeakRss)
         if name == "official-eager":
             r = time_official(args.root / "ckpt", x, args)
         elif name.startswith("ours-"):
-            r = time_ours(pair_of(name, args), x, args, full=name not in ("ours-fp32", "ours-int8-spinning"),
+            r = time_ours(pair_of(name, args), x, args, full=name not in ("ours-fp32", "ours-int8-spinning", "ours-int8-stacked"),
                           spinning=name.endswith("-spinning"), stacked=name.endswith("-stacked"))  # fmt: skip
         else:
             r = time_sherpa(pair_of(name, args), seconds, args)

@@ -57,9 +57,9 @@ def test_cpu_benchmark_and_optimize_bench_run_the_same_sessions_and_steps(tiny_p
         calls.append(("encode", x.shape, x_len.tolist(), float(np.abs(x).sum())))
         return real_encode(self, x, x_len)
 
-    def step(self, tokens, k, v, cross_k, cross_v, offset, mask=None):
-        calls.append(("step", tokens.shape, k.shape, offset, mask is None))
-        return real_step(self, tokens, k, v, cross_k, cross_v, offset, mask)
+    def step(self, tokens, k, v, cross_k, cross_v, offset, mask=None, cross_feed=None):
+        calls.append(("step", tokens.shape, k.shape, offset, mask is None, cross_feed is None))
+        return real_step(self, tokens, k, v, cross_k, cross_v, offset, mask, cross_feed)
 
     monkeypatch.setattr(session, "load_session", load)
     monkeypatch.setattr(OrtPair, "encode", encode)

@@ -61,7 +61,8 @@ def test_rewritten_decoder_gives_the_logits_of_the_stacked_one(request, which, p
     path = request.getfixturevalue(which)
     ours, stacked = OrtPair(path, threads=1), OrtPair(path, threads=1, options=STACKED)
     assert stacked.layout is None
-    assert ours.layout == DecoderLayout(layers=ours.info.num_decoder_layers, per_utterance=per_utterance, appends_kv=True)
+    heads = ours.info.num_head if per_utterance else None  # fused: cross K/V handed over heads-first
+    assert ours.layout == DecoderLayout(ours.info.num_decoder_layers, per_utterance=per_utterance, appends_kv=True, heads_first=heads)
     enc = _encoded(stacked, utterances)
     mask = enc[2] if utterances > 1 else None
     got = _decode(ours, (*enc[:2], mask), beam, 6)

@@ -53,6 +53,9 @@ class DecoderLayout:
     layers: int  # per-layer inputs `n_layer_cross_k.i` / `n_layer_cross_v.i`, i < layers
     per_utterance: bool  # True: cross K/V and mask have one row per utterance, not per decoder row
     appends_kv: bool  # True: the cache outputs are the step's new K/V, shape = (L, N, 1, H, Dh)
+    # per-layer cross K/V layout: None = (U, T', D) views of the stacked input; H = (U, H, T', Dh),
+    # the heads-first layout MultiHeadAttention otherwise makes from (U, T', D) on every step
+    heads_first: int | None = None
 
 
 def layer_input(stacked: str, layer: int) -> str:
@@ -89,7 +92,38 @@ def rewrite_decoder(model: onnx.ModelProto) -> DecoderLayout | None:
         shape = [d.dim_param or d.dim_value for d in stacked_info[stacked].type.tensor_type.shape.dim][1:]
         graph.input.append(helper.make_tensor_value_info(layer_input(stacked, layer), TensorProto.FLOAT, shape or None))
     per_utterance = _group_rows(graph, set(renamed.values()))
-    return DecoderLayout(layers, per_utterance, _new_kv_outputs(graph))
+    heads = _heads_first(graph, set(renamed.values())) if per_utterance else None
+    return DecoderLayout(layers, per_utterance, _new_kv_outputs(graph), heads)
+
+
+def _heads_first(graph: onnx.GraphProto, layer_inputs: set[str]) -> int | None:
+    """Declare the per-layer inputs (U, H, T', Dh) when every consumer is a MultiHeadAttention of one head count.
+
+    MultiHeadAttention takes a 4-D key/value as heads-first (BNSH) as it is; a 3-D (U, T', D)
+    one it transposes into that layout on every run, though cross K/V never change in a search.
+    """
+    heads = {a.i for n in graph.node if n.op_type == "MultiHeadAttention" and set(n.input) & layer_inputs
+             for a in n.attribute if a.name == "num_heads"}  # fmt: skip
+    if len(heads) != 1:
+        return None
+    (h,) = heads
+    for info in graph.input:
+        if info.name in layer_inputs:
+            dims = info.type.tensor_type.shape.dim
+            d = dims[2].dim_value
+            if len(dims) != 3 or d <= 0 or d % h:
+                return None
+    for info in graph.input:
+        if info.name in layer_inputs:
+            u, t, d = (dim.dim_param or dim.dim_value for dim in info.type.tensor_type.shape.dim)
+            info.type.tensor_type.ClearField("shape")
+            for value in (u, h, t, d // h):
+                dim = info.type.tensor_type.shape.dim.add()
+                if isinstance(value, str):
+                    dim.dim_param = value
+                else:
+                    dim.dim_value = value
+    return h
 
 
 def _new_kv_outputs(graph: onnx.GraphProto) -> bool:

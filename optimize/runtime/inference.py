@@ -124,6 +124,7 @@ class OrtInference:
         self._cross_v = np.repeat(cross_v, repeat, axis=1) if repeat > 1 else cross_v
         self._mask = None if mask is None else np.repeat(mask, repeat, axis=0)
         rows = cross_k.shape[1] * beam
+        self._cross_feed = self.pair.cross_inputs(self._cross_k, self._cross_v)  # once per search, not per step
         self._k = self.pair.empty_cache(rows, self.cache_len)
         self._v = self.pair.empty_cache(rows, self.cache_len)
         self._filled = 0
@@ -134,7 +135,7 @@ class OrtInference:
             logits = self._step_rows_singly(tokens, offset)
         else:
             logits, self._k, self._v = self.pair.decoder_step(
-                tokens.reshape(-1, 1), self._k, self._v, self._cross_k, self._cross_v, offset, self._mask
+                tokens.reshape(-1, 1), self._k, self._v, self._cross_k, self._cross_v, offset, self._mask, self._cross_feed
             )
         self._filled = offset + 1
         return logits[:, 0, :]

@@ -117,6 +117,7 @@ class OrtPair:
         cross_v: np.ndarray,
         offset: int,
         cross_mask: np.ndarray | None = None,
+        cross_feed: dict | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One decoder step for N rows at position `offset` (shared by all rows).
 
@@ -125,6 +126,7 @@ class OrtPair:
         cross_k, cross_v: shape = (L, N, T', D), float32, from `encode`; (L, U, T', D) with U
         utterances of N / U rows each (row u x N / U + b) when cross_per_utterance.
         cross_mask: shape = (N or U, 1, 1, T'), float32, 0 valid / -inf padded; only for pairs with has_cross_mask.
+        cross_feed: cross_inputs(cross_k, cross_v), made once per encoding by the caller, else here.
         returns: logits shape = (N, 1, V), float32, and the caches with position `offset` written:
         new arrays, or, when the rewritten decoder appends (layout.appends_kv), k_cache and
         v_cache themselves, written in place.
@@ -135,14 +137,32 @@ class OrtPair:
         if self.layout is None:
             logits, k_cache, v_cache = self.decoder.run(_DEC_OUTPUTS, feed)
             return logits, k_cache, v_cache
-        for name, stacked in ((_CROSS_K, cross_k), (_CROSS_V, cross_v)):  # layer i as a view: nothing is copied
-            feed |= {layer_input(name, i): stacked[i] for i in range(self.layout.layers)}
+        feed |= cross_feed if cross_feed is not None else self.cross_inputs(cross_k, cross_v)
         logits, k_new, v_new = self.decoder.run(_DEC_OUTPUTS, feed)
         if not self.layout.appends_kv:
             return logits, k_new, v_new
         k_cache[:, :, offset] = k_new[:, :, 0]
         v_cache[:, :, offset] = v_new[:, :, 0]
         return logits, k_cache, v_cache
+
+    def cross_inputs(self, cross_k: np.ndarray, cross_v: np.ndarray) -> dict[str, np.ndarray]:
+        """The rewritten decoder's per-layer cross K/V inputs; {} for a decoder run as published.
+
+        cross_k, cross_v: shape = (L, U, T', D), float32. Each input is layer i as a view, or
+        when the layout is heads-first, a (U, H, T', Dh) copy (once per encoding, not per step).
+        """
+        if self.layout is None:
+            return {}
+        feed = {}
+        for name, stacked in ((_CROSS_K, cross_k), (_CROSS_V, cross_v)):
+            if self.layout.heads_first:
+                l, u, t, d = stacked.shape
+                h = self.layout.heads_first
+                heads = np.ascontiguousarray(stacked.reshape(l, u, t, h, d // h).transpose(0, 1, 3, 2, 4))
+                feed |= {layer_input(name, i): heads[i] for i in range(self.layout.layers)}
+            else:
+                feed |= {layer_input(name, i): stacked[i] for i in range(self.layout.layers)}
+        return feed
 
     def empty_cache(self, rows: int, length: int) -> np.ndarray:
         """Zero self-cache, shape = (L, rows, length, H, Dh), float32."""
