@@ -25,6 +25,16 @@ PROTO_LIMIT_BYTES = int(1.8e9)
 EXTERNAL_SIZE_THRESHOLD = 1024
 
 
+def fresh_name(base: str, taken: set[str]) -> str:
+    """`base`, suffixed `_1`, `_2`, ... until no name in `taken` has it; the result joins `taken`."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 def load(path: Path, load_external: bool = True) -> onnx.ModelProto:
     """Read an ONNX file (and its external data); raise OptimizeError if it is unreadable."""
     path = Path(path)

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from optimize.graph import fresh_name
+
 MS_DOMAIN = "com.microsoft"
 _CONSTANT_LISTS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
 
@@ -131,12 +133,7 @@ class Edit:
 
     def unique(self, name: str) -> str:
         """`name`, suffixed if a node, tensor or earlier planned name already uses it."""
-        out, i = name, 0
-        while out in self._taken:
-            i += 1
-            out = f"{name}_{i}"
-        self._taken.add(out)
-        return out
+        return fresh_name(name, self._taken)
 
     def const(self, values, dtype) -> str:
         """A small initializer holding `values`, shared by every match that needs the same one."""

@@ -37,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from optimize import contract
+from optimize.graph import fresh_name
 
 _CROSS = tuple(name for name, _ in contract.DECODER_INPUTS[3:5])  # n_layer_cross_k, n_layer_cross_v
 _MHA_KEY, _MHA_VALUE, _MHA_BIAS = 1, 2, 5  # MultiHeadAttention input slots
@@ -201,12 +202,7 @@ class _Names:
         self.used |= {t.name for t in graph.initializer}
 
     def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
+        return fresh_name(base, self.used)
 
 
 def _const(names: _Names, base: str, values: list[int]) -> tuple[str, onnx.NodeProto]:
