@@ -376,32 +376,14 @@ def profile_by_op(pair_dir: Path, frames: int, steps: int, threads: int, out_dir
 
     Returns per graph: kernel ms per encoder run / per decoder step, summed by op type, largest first.
     """
-    from optimize.evaluate.bench import Bench, BenchConfig
+    from optimize.evaluate.bench import Bench, BenchConfig, profile_by_op as summarise
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bench = Bench(pair_dir, BenchConfig(frames=frames, steps=steps, threads=threads), profile=out_dir / "ort_profile")
     for _ in range(2):  # the first run is the warm-up, left out of the summary
         bench.run()
     sessions = {"encoder": bench.pair.encoder, "decoder": bench.pair.decoder}
-    return {role: _summarise(Path(s.end_profiling()), steps if role == "decoder" else 1) for role, s in sessions.items()}
-
-
-def _summarise(trace: Path, calls_per_run: int) -> dict:
-    """Kernel time by op type from an ORT profile, leaving out the first `calls_per_run` calls (warm-up)."""
-    events = json.loads(trace.read_text())
-    runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    if len(runs) <= calls_per_run:
-        raise SystemExit(f"{trace}: {len(runs)} model_run events, expected more than {calls_per_run}")
-    start, calls = runs[calls_per_run], len(runs) - calls_per_run
-    by_op: dict[str, float] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
-            op = e["args"].get("op_name", "?")
-            by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e3
-    total = sum(by_op.values())
-    rows = sorted(by_op.items(), key=lambda kv: -kv[1])
-    return {"trace": str(trace), "ms_per_call": total / calls,
-            "by_op": [{"op": op, "ms_per_call": ms / calls, "share": ms / total} for op, ms in rows]}  # fmt: skip
+    return {role: summarise(Path(s.end_profiling()), steps if role == "decoder" else 1) for role, s in sessions.items()}
 
 
 def markdown(rows: dict[str, Timing], r: dict[str, float], checks: dict, args: argparse.Namespace) -> str:

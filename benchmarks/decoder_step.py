@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from optimize.evaluate.bench import profile_by_op
 from optimize.runtime.inference import OrtInference
 from optimize.runtime.providers import ProviderOptions
 from optimize.runtime.search import DecodeConfig, search_scored
@@ -125,16 +126,9 @@ def profile(pair_dir: Path, threads: int, options: ProviderOptions, rows: tuple[
     search_seconds(pair, *rows, args.steps, args.frames, 1)
     trace = Path(pair.decoder.end_profiling())
     pair.encoder.end_profiling()
-    events = json.loads(trace.read_text())
-    runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    start = runs[args.steps]  # the untimed search's steps are the warm-up
-    by_op: dict[str, float] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
-            by_op[e["args"].get("op_name", "?")] = by_op.get(e["args"].get("op_name", "?"), 0.0) + e["dur"] / 1e3 / args.steps
-    wall = [e["dur"] / 1e3 for e in events if e.get("name") == "model_run" and e["ts"] >= start]
-    return {"model_run_ms": statistics.median(wall), "kernel_ms": sum(by_op.values()),
-            "by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1]))}  # fmt: skip
+    summary = profile_by_op(trace, args.steps)  # the untimed search's steps are the warm-up
+    return {"model_run_ms": summary["model_run_ms"], "kernel_ms": summary["ms_per_call"],
+            "by_op": {row["op"]: row["ms_per_call"] for row in summary["by_op"]}}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ this same code (`Bench`), so the two report one number for one pair and setting.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -127,3 +128,26 @@ class Bench:
 def bench(model_dir: Path, cfg: BenchConfig | None = None) -> BenchResult:
     """Time `model_dir` at cfg's shape (default: BenchConfig()); see the module docstring for what the clock covers."""
     return Bench(model_dir, cfg).measure()
+
+
+def profile_by_op(trace: Path, skip_calls: int) -> dict:
+    """Kernel time by op type from an ORT profile (`Bench(..., profile=)`), leaving out the first
+    `skip_calls` session runs (the warm-up).
+
+    returns: trace, ms_per_call (kernel ms per counted run), model_run_ms (median wall ms of a
+    counted run) and by_op ([{op, ms_per_call, share}], largest first).
+    """
+    events = json.loads(Path(trace).read_text())
+    runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    if len(runs) <= skip_calls:
+        raise OptimizeError(f"{trace}: {len(runs)} model_run events, expected more than {skip_calls}", "profile more runs than the warm-up")
+    start, calls = runs[skip_calls], len(runs) - skip_calls
+    by_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            op = e["args"].get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e3
+    total = sum(by_op.values())
+    wall = [e["dur"] / 1e3 for e in events if e.get("name") == "model_run" and e["ts"] >= start]
+    return {"trace": str(trace), "ms_per_call": total / calls, "model_run_ms": statistics.median(wall),
+            "by_op": [{"op": op, "ms_per_call": ms / calls, "share": ms / total} for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])]}  # fmt: skip
