@@ -1,13 +1,17 @@
 """Accuracy of a model pair on a manifest, greedy and beam, broken down by every recorded condition.
 
     python benchmarks/accuracy_default.py artifacts/firered-aed-tiny calibration/eval [--sherpa] [--json out.json]
+        [--vad above=0 pad=0.4 ...]
 
 Decodes every utterance twice with `optimize`'s recognizer: greedy (beam 1, no smoothing or
 length penalty) and FireRedASR beam search (beam 3 by default). Prints markdown tables of CER zh,
 WER en and the mixed rate for both, per eval condition, length bucket, sentences per utterance,
 speaking rate, channel, room, hum, noise, SNR, voice and variant. With --sherpa it also decodes
 every file with sherpa-onnx's `OfflineRecognizer.from_fire_red_asr` (greedy) and counts utterances
-whose text differs from our greedy search.
+whose text differs from our greedy search. With --vad, each recording goes through
+`Recognizer.transcribe_long` instead (`optimize transcribe`'s long-audio path: Silero VAD segments,
+decoded as one batch, texts joined) with `VadConfig` fields set as given, e.g. `--vad above=0` cuts
+every recording at its pauses.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from pathlib import Path
 from typing import Callable
 
 from optimize.corpus.manifest import Utterance, read_manifest
+from optimize.errors import OptimizeError
 from optimize.evaluate.wer import score
 from optimize.runtime.audio import load_audio
 from optimize.runtime.recognizer import Recognizer
 from optimize.runtime.search import DecodeConfig
+from optimize.runtime.vad import VadConfig
 
 LENGTH_BUCKETS_S = (4, 8, 12, 16)  # upper edges; the last bucket is open
 
@@ -121,6 +127,24 @@ def sherpa_mismatches(model_dir: Path, utts, ours_greedy: list[str]) -> tuple[in
     return bad, truncated
 
 
+def vad_config(pairs: list[str], fail: Callable[[str], None]) -> VadConfig:
+    """VadConfig with the FIELD=VALUE pairs set (floats); `fail` gets a one-line message for a bad pair."""
+    fields = set(VadConfig.__dataclass_fields__)
+    values = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            if name not in fields:
+                raise ValueError
+            values[name] = float(value)
+        except ValueError:
+            fail(f"--vad {pair}: use FIELD=NUMBER with FIELD one of {', '.join(sorted(fields))}")
+    try:
+        return VadConfig(**values)
+    except OptimizeError as e:
+        fail(str(e))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model_dir", type=Path)
@@ -129,7 +153,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sherpa", action="store_true")
     p.add_argument("--json", type=Path, help="also write every table (and the hypotheses) as JSON here")
+    p.add_argument("--vad", nargs="+", metavar="FIELD=VALUE", help="decode through the VAD long-audio path with these VadConfig fields (e.g. above=0)")
     a = p.parse_args()
+    vad = vad_config(a.vad, p.error) if a.vad else None
     utts = read_manifest(a.data)
     configs = {
         "greedy": DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0, batch_size=8),
@@ -139,17 +165,21 @@ def main() -> None:
     decodes, seconds = {}, {}
     for name, config in configs.items():
         rec = Recognizer(a.model_dir, config, threads=a.threads)
-        feats = feats or [rec.features(load_audio(u.audio)) for u in utts]
+        if vad is None:  # features once, outside the clock; the VAD path reads and cuts the audio itself
+            feats = feats or [rec.features(load_audio(u.audio)) for u in utts]
         t0 = time.perf_counter()
-        decodes[name] = [h.text for h in rec.recognize_features(feats)]
+        if vad is None:
+            decodes[name] = [h.text for h in rec.recognize_features(feats)]
+        else:
+            decodes[name] = [t.text for t in rec.transcribe_long([u.audio for u in utts], vad=vad)]
         seconds[name] = round(time.perf_counter() - t0, 1)
     refs, langs = [u.text for u in utts], [u.lang for u in utts]
     print(f"model {a.model_dir}, data {a.data}: {len(utts)} utterances, {sum(u.duration for u in utts) / 60:.1f} min, "
-          f"batch 8, {a.threads} threads, decode time {seconds}\n")  # fmt: skip
+          f"batch 8, {a.threads} threads, {'VAD ' + str(vad) if vad else 'whole utterances'}, decode time {seconds}\n")  # fmt: skip
     tables = breakdown(utts, refs, langs, decodes)
     for name, table in tables.items():
         print(markdown(name, table, list(decodes)) + "\n")
-    result = {"model": str(a.model_dir), "data": str(a.data), "decode_seconds": seconds, "tables": tables}
+    result = {"model": str(a.model_dir), "data": str(a.data), "vad": vars(vad) if vad else None, "decode_seconds": seconds, "tables": tables}
     if a.sherpa:
         bad, truncated = sherpa_mismatches(a.model_dir, utts, decodes["greedy"])
         result["sherpa"] = {"identical": len(utts) - bad - truncated, "capped": truncated, "different": bad}

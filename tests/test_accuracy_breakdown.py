@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from optimize.corpus.manifest import Utterance
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_default.py"
@@ -46,3 +48,20 @@ def test_breakdown_of_a_manifest_without_conditions():
     tables = acc.breakdown(utts, ["HELLO", "HELLO"], ["en", "en"], {"greedy": ["HELLO", "HI"]})
     assert set(tables) == {"set", "length"}
     assert tables["length"]["8-12 s"]["greedy"]["en"] == 100.0
+
+
+def test_vad_option_sets_config_fields_and_refuses_bad_pairs():
+    acc = _script()
+    failures = []
+
+    def fail(message):
+        failures.append(message)
+        raise SystemExit(2)
+
+    cfg = acc.vad_config(["above=0", "pad=0.4", "step_db=0"], fail)
+    assert (cfg.above, cfg.pad, cfg.step_db, cfg.min_silence) == (0.0, 0.4, 0.0, acc.VadConfig().min_silence)
+    for bad in (["abvoe=0"], ["pad=wide"], ["threshold=1.5"]):
+        with pytest.raises(SystemExit):
+            acc.vad_config(bad, fail)
+    assert len(failures) == 3 and all("\n" not in f for f in failures)
+    assert "abvoe=0" in failures[0] and "above" in failures[0] and "pad=wide" in failures[1] and "threshold=1.5" in failures[2]
