@@ -113,7 +113,13 @@ def _transform(cfg: Int8StaticConfig, feats: list[np.ndarray], reduce_range: boo
             return [f"{role} kept as it was (int8_static is encoder-only)"]
         model = graph.load(src, load_external=False)
         excluded = [n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, p) for p in cfg.nodes_to_exclude)]
-        record[role] = {"excluded_nodes": excluded}
+        # the MatMuls with constant weights, named: quantize_static's QDQ path ignores MatMulConstBOnly and would
+        # quantize the attention score/context MatMuls too (activation x activation: slower and less exact)
+        weights = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+        targets = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights and n.name not in excluded]
+        if not targets:
+            raise OptimizeError(f"int8_static: no MatMul with constant weights left to quantize in the {role}", "narrow int8_static.nodes_to_exclude")
+        record[role] = {"excluded_nodes": excluded, "quantized_matmuls": len(targets)}
         try:
             with scratch_input(src, out.parent, role) as linked:
                 quantize_static(
@@ -124,12 +130,17 @@ def _transform(cfg: Int8StaticConfig, feats: list[np.ndarray], reduce_range: boo
                     reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the VNNI / AVX2 integer GEMM
                     weight_type=QuantType.QInt8,
+                    nodes_to_quantize=targets,
                     nodes_to_exclude=excluded,
                     calibrate_method=CalibrationMethod[cfg.calibrate_method],
                     use_external_data_format=graph.needs_external_data(model),
                     extra_options={
-                        "MatMulConstBOnly": True,  # attention score/context MatMuls stay float, as in `int8`
+                        "MatMulConstBOnly": True,  # attention score/context MatMuls stay float, as in `int8` (QOperator; QDQ: targets)
                         "DefaultTensorType": onnx.TensorProto.FLOAT,  # fused com.microsoft ops (ort-toolchain.md E6)
+                        # QDQ: each MatMul's output stays float, so ORT runs MatMulIntegerToFloat on the static
+                        # input ranges; with its output quantized too ORT runs QLinearMatMul + a DequantizeLinear
+                        # of the output: AED-L encoder 0.68x dynamic int8's speed (BENCHMARKS.md 9.7)
+                        "OpTypesToExcludeOutputQuantization": ["MatMul"],
                     },
                 )  # fmt: skip
         except TOOL_ERRORS as e:  # the tool cannot handle this graph (stages.TOOL_ERRORS)
