@@ -98,3 +98,22 @@ def test_iobinding_refuses_a_pair_opened_for_the_numpy_path(tiny_pair):
     k = bound.zeros((pair.info.num_decoder_layers, 1, 3, pair.info.num_head, pair.info.head_dim))
     with pytest.raises(OptimizeError, match="io_binding=True"):
         bound.decoder_step(np.array([[1]]), k, k, k, k, 0)
+
+
+def test_rewritten_decoder_loads_from_a_temporary_copy_that_is_removed(tiny_pair, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where TemporaryDirectory puts the copy
+    pair = OrtPair(tiny_pair, threads=1)
+    assert pair.layout is not None and list(tmp_path.iterdir()) == []  # read by the session, then removed
+    enc = _encoded(pair, 1)
+    want = _decode(OrtPair(tiny_pair, threads=1, options=STACKED), (*enc[:2], None), 3, 3)
+    assert all(np.abs(a - b).max() <= 1e-5 * np.abs(b).max() for a, b in zip(_decode(pair, (*enc[:2], None), 3, 3), want))
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_room)
+    fallback = OrtPair(tiny_pair, threads=1)  # no room for the copy: the decoder as published, still right
+    assert fallback.layout is None
+    assert all(np.abs(a - b).max() <= 1e-5 * np.abs(b).max() for a, b in zip(_decode(fallback, (*enc[:2], None), 3, 3), want))
