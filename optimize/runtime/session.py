@@ -42,8 +42,9 @@ class OrtPair:
         # spinning decided once for both sessions (and BoundPair's helpers), from the host's load now
         self.options, self.spinning = options.resolved(threads)
         options = self.options
-        self.encoder = load_session(enc_path, provider, threads, options, profile and f"{profile}_encoder")
+        # the decoder first: its rewrite reads the whole graph into Python before the encoder's weights are resident
         self.decoder, self.layout = _load_decoder(dec_path, provider, threads, options, profile and f"{profile}_decoder")
+        self.encoder = load_session(enc_path, provider, threads, options, profile and f"{profile}_encoder")
         contract.check_io(_io(self.encoder.get_inputs()), contract.ENCODER_INPUTS, "encoder inputs", str(enc_path))
         contract.check_io(_io(self.encoder.get_outputs()), contract.ENCODER_OUTPUTS, "encoder outputs", str(enc_path))
         contract.check_io(_io(self.decoder.get_inputs()), contract.DECODER_INPUTS, "decoder inputs", str(dec_path))
