@@ -42,9 +42,12 @@ class OrtPair:
         # spinning decided once for both sessions (and BoundPair's helpers), from the host's load now
         self.options, self.spinning = options.resolved(threads)
         options = self.options
-        # the decoder first: its rewrite reads the whole graph into Python before the encoder's weights are resident
-        self.decoder, self.layout = _load_decoder(dec_path, provider, threads, options, profile and f"{profile}_decoder")
-        self.encoder = load_session(enc_path, provider, threads, options, profile and f"{profile}_encoder")
+        # the decoder's graph is read (and rewritten) before any weights are resident; then the encoder's session
+        # loads first, as it always did (ORT's load of an fp16 encoder peaks higher with the decoder resident)
+        with tempfile.TemporaryDirectory(prefix="optimize-decoder-", ignore_cleanup_errors=True) as scratch:
+            dec_source, self.layout = _decoder_source(dec_path, provider, options, Path(scratch))
+            self.encoder = load_session(enc_path, provider, threads, options, profile and f"{profile}_encoder")
+            self.decoder = load_session(dec_source, provider, threads, options, profile and f"{profile}_decoder")
         contract.check_io(_io(self.encoder.get_inputs()), contract.ENCODER_INPUTS, "encoder inputs", str(enc_path))
         contract.check_io(_io(self.encoder.get_outputs()), contract.ENCODER_OUTPUTS, "encoder outputs", str(enc_path))
         contract.check_io(_io(self.decoder.get_inputs()), contract.DECODER_INPUTS, "decoder inputs", str(dec_path))
@@ -173,35 +176,32 @@ class OrtPair:
         return np.zeros((i.num_decoder_layers, rows, length, i.num_head, i.head_dim), dtype=np.float32)
 
 
-def _load_decoder(path: Path, provider: str, threads: int, options: ProviderOptions, profile: str | None) -> tuple[object, DecoderLayout | None]:
-    """(session, DecoderLayout or None): the decoder as decoder_graph.rewrite_decoder rewrites it, where it fits.
+def _decoder_source(path: Path, provider: str, options: ProviderOptions, scratch: Path) -> tuple[Path, DecoderLayout | None]:
+    """(file for the decoder's session, DecoderLayout or None): `path` itself, or the graph as
+    decoder_graph.rewrite_decoder rewrites it, written into `scratch` with its weights beside it.
 
     Only on the numpy path (the IOBinding path feeds device OrtValues, which cannot be sliced
     per layer) and for decoders that keep their weights in the .onnx file (one with external
-    data would first have to be read whole into memory).
+    data would first have to be read whole into memory). The weights are written tensor by
+    tensor and the session reads the file: no serialized copy of the whole model next to the
+    proto and the session's own (from bytes, an AED-L fp32 pair peaked 2.9 GB higher and stayed
+    2.3 GB higher than from its file).
     """
     if not options.rewrite_decoder or options.binds(provider):
-        return load_session(path, provider, threads, options, profile), None
+        return path, None
     model = onnx.load(str(path), load_external_data=False)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        return load_session(path, provider, threads, options, profile), None
-    layout = rewrite_decoder(model)
-    if layout is None:
-        return load_session(path, provider, threads, options, profile), None
-    # The rewritten graph goes to a temporary file with its weights beside it, written tensor by
-    # tensor, and the session reads that file: no serialized copy of the whole model next to the
-    # proto and the session's own (from bytes, an AED-L fp32 pair peaked 2.9 GB higher and stayed
-    # 2.3 GB higher than from its file). Linux keeps an unlinked file's data while it is mapped.
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    layout = None if external else rewrite_decoder(model)
+    rewritten = scratch / "decoder.onnx"
     try:
-        with tempfile.TemporaryDirectory(prefix="optimize-decoder-", ignore_cleanup_errors=True) as tmp:
-            rewritten = Path(tmp) / "decoder.onnx"
+        if layout is not None:
             onnx.save_model(model, str(rewritten), save_as_external_data=True, all_tensors_to_one_file=True,
                             location="decoder.weights", size_threshold=graph.EXTERNAL_SIZE_THRESHOLD)  # fmt: skip
-            del model
-            graph.release_memory()
-            return load_session(rewritten, provider, threads, options, profile), layout
-    except OSError:  # no room for the temporary copy: the decoder as published is slower, not wrong
-        return load_session(path, provider, threads, options, profile), None
+    except OSError:  # no room for the copy: the decoder as published is slower, not wrong
+        layout = None
+    del model
+    graph.release_memory()
+    return (rewritten, layout) if layout is not None else (path, None)
 
 
 def _fixed(dim) -> int | None:
