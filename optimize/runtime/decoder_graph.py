@@ -108,22 +108,20 @@ def _heads_first(graph: onnx.GraphProto, layer_inputs: set[str]) -> int | None:
     if len(heads) != 1:
         return None
     (h,) = heads
-    for info in graph.input:
-        if info.name in layer_inputs:
-            dims = info.type.tensor_type.shape.dim
-            d = dims[2].dim_value
-            if len(dims) != 3 or d <= 0 or d % h:
-                return None
-    for info in graph.input:
-        if info.name in layer_inputs:
-            u, t, d = (dim.dim_param or dim.dim_value for dim in info.type.tensor_type.shape.dim)
-            info.type.tensor_type.ClearField("shape")
-            for value in (u, h, t, d // h):
-                dim = info.type.tensor_type.shape.dim.add()
-                if isinstance(value, str):
-                    dim.dim_param = value
-                else:
-                    dim.dim_value = value
+    infos = [info for info in graph.input if info.name in layer_inputs]
+    for info in infos:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) != 3 or dims[2].dim_value <= 0 or dims[2].dim_value % h:
+            return None
+    for info in infos:
+        u, t, d = (dim.dim_param or dim.dim_value for dim in info.type.tensor_type.shape.dim)
+        info.type.tensor_type.ClearField("shape")
+        for value in (u, h, t, d // h):
+            dim = info.type.tensor_type.shape.dim.add()
+            if isinstance(value, str):
+                dim.dim_param = value
+            else:
+                dim.dim_value = value
     return h
 
 

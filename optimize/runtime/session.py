@@ -161,13 +161,10 @@ class OrtPair:
             return {}
         feed = {}
         for name, stacked in ((_CROSS_K, cross_k), (_CROSS_V, cross_v)):
-            if self.layout.heads_first:
+            if h := self.layout.heads_first:
                 l, u, t, d = stacked.shape
-                h = self.layout.heads_first
-                heads = np.ascontiguousarray(stacked.reshape(l, u, t, h, d // h).transpose(0, 1, 3, 2, 4))
-                feed |= {layer_input(name, i): heads[i] for i in range(self.layout.layers)}
-            else:
-                feed |= {layer_input(name, i): stacked[i] for i in range(self.layout.layers)}
+                stacked = np.ascontiguousarray(stacked.reshape(l, u, t, h, d // h).transpose(0, 1, 3, 2, 4))
+            feed |= {layer_input(name, i): stacked[i] for i in range(self.layout.layers)}
         return feed
 
     def empty_cache(self, rows: int, length: int) -> np.ndarray:
@@ -192,16 +189,17 @@ def _decoder_source(path: Path, provider: str, options: ProviderOptions, scratch
     model = onnx.load(str(path), load_external_data=False)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     layout = None if external else rewrite_decoder(model)
-    rewritten = scratch / "decoder.onnx"
-    try:
-        if layout is not None:
-            onnx.save_model(model, str(rewritten), save_as_external_data=True, all_tensors_to_one_file=True,
+    source = path
+    if layout is not None:
+        try:
+            source = scratch / "decoder.onnx"
+            onnx.save_model(model, str(source), save_as_external_data=True, all_tensors_to_one_file=True,
                             location="decoder.weights", size_threshold=graph.EXTERNAL_SIZE_THRESHOLD)  # fmt: skip
-    except OSError:  # no room for the copy: the decoder as published is slower, not wrong
-        layout = None
+        except OSError:  # no room for the copy: the decoder as published is slower, not wrong
+            source, layout = path, None
     del model
     graph.release_memory()
-    return (rewritten, layout) if layout is not None else (path, None)
+    return source, layout
 
 
 def _fixed(dim) -> int | None:
