@@ -65,6 +65,19 @@ def test_forced_align_matches_torchaudio_kernel():
         assert ctc.token_times(ours) == tuple(zip(starts, ends))
 
 
+
+def test_forced_align_long_hypotheses():
+    """64+ tokens (129+ states, past an int8 back-pointer's range): a 20 s utterance's length, against the kernel."""
+    from official_v2 import _forced_align
+
+    rng = np.random.default_rng(1)
+    for n, t_len in ((64, 140), (150, 500)):
+        log_probs = torch.log_softmax(torch.from_numpy(rng.standard_normal((t_len, 40)).astype(np.float32) * 3.0), dim=-1)
+        tokens = tuple(int(t) for t in rng.integers(1, 40, n))
+        ours = ctc.forced_align(log_probs.numpy(), tokens)
+        assert ours is not None
+        assert ours.tolist() == _forced_align(log_probs.unsqueeze(0), torch.tensor([tokens]))[0][0].tolist()
+
 def test_times_match_official_transcribe(default_ckpt_v2, default_pair_v2, wavs):
     """Model level: FireRedAsrAed.transcribe(return_timestamp=True), beam 3, batches of 1, 2 and 3."""
     off = official_model_v2(default_ckpt_v2)

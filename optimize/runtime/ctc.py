@@ -59,7 +59,7 @@ def forced_align(log_probs: np.ndarray, tokens: tuple[int, ...]) -> np.ndarray |
     path = np.empty(t_len, dtype=np.int64)
     for t in range(t_len - 1, -1, -1):
         path[t] = labels[state]
-        state -= back[t, state]
+        state -= int(back[t, state])  # a numpy int8 would overflow past state 127 (64+ tokens)
     return path
 
 
