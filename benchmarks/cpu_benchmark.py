@@ -37,6 +37,13 @@ accept_waveform + decode_stream) at two caps; the slope gives its decoder ms/ste
 rest (fbank, encoder, set-up) is its encoder time. All clocks are medians over --repeats
 after --warmup untimed runs, with --threads threads. End-to-end = encoder + steps x step,
 RTF = end-to-end / audio seconds, for every system alike.
+
+Memory is taken outside every clock. Peak RSS per system is the kernel's high-water mark
+(VmHWM, reset through /proc/self/clear_refs before each system loads: exact, no sampling);
+the anonymous part is sampled every 2 ms only during the untimed warm-up runs (the same
+calls as the timed ones) and read where each system starts and ends. The sampler process is
+paused (PeakRss.paused) for every load and every block of timed runs: running beside a
+2-thread session on 2 cores it slowed what it watched (BENCHMARKS 5.3: int8 step +18-26%).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -57,7 +65,9 @@ from typing import Callable
 import numpy as np
 
 from optimize import contract
-from optimize.evaluate.memory import GIB, PeakRss
+from optimize.evaluate.memory import GIB, PeakRss, max_rss_bytes
+
+Quiet = Callable[[], AbstractContextManager]  # entered around each load and block of timed runs (PeakRss.paused)
 
 VARIANTS = ("int8", "int4dec", "int4ffn", "int8-static")  # our pairs: make_aed_l.py step names
 # ours-int8-spinning: our runtime on the int8 pair with ORT's intra-op spinning on (ORT's and
@@ -90,12 +100,13 @@ class Timing:
     e2e_s: float  # encoder + steps x step
     rtf: float  # e2e / audio seconds
     load_s: float  # model load (not in e2e)
-    peak_rss_gib: float  # peak RSS while loaded and timed
-    peak_anon_gib: float  # the same, without file-backed pages
+    peak_rss_gib: float  # peak RSS from load to free (VmHWM; exact where it could be reset)
+    peak_anon_gib: float  # the same, without file-backed pages (sampled in the warm-ups, read at the ends)
     timed: str  # what the clocks cover
     raw: dict  # per-repeat seconds and any derivation inputs
     step_ms_by: dict  # "beam B, S steps" -> ms per step (batch 1), where measured
     throughput: dict  # "batch B" -> audio seconds decoded per wall second (beam 1, first --steps)
+    memory: dict  # how peak_rss_gib was taken, and the samples behind peak_anon_gib
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,15 +153,16 @@ def waveform(seconds: float, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * SAMPLE_RATE)) * 0.1).astype(np.float32)
 
 
-def timed_median(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, list[float]]:
-    """Median wall seconds of `fn` over `repeats` calls after `warmup` untimed ones."""
+def timed_median(fn: Callable[[], object], warmup: int, repeats: int, quiet: Quiet = nullcontext) -> tuple[float, list[float]]:
+    """Median wall seconds of `fn` over `repeats` calls after `warmup` untimed ones; the timed calls run inside `quiet()`."""
     for _ in range(warmup):
         fn()
     spent = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        spent.append(time.perf_counter() - start)
+    with quiet():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
     return statistics.median(spent), spent
 
 
@@ -170,19 +182,20 @@ def official_model(ckpt: Path):
     return model.eval()
 
 
-def time_official(ckpt: Path, x: np.ndarray, args: argparse.Namespace) -> dict:
+def time_official(ckpt: Path, x: np.ndarray, args: argparse.Namespace, quiet: Quiet = nullcontext) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    model = official_model(ckpt)
-    load_s = time.perf_counter() - start
+    with quiet():
+        start = time.perf_counter()
+        model = official_model(ckpt)
+        load_s = time.perf_counter() - start
     model.decoder.eos_id = -1  # no token equals -1: batch_beam_search never finishes early
     feats, lengths = torch.from_numpy(x), torch.tensor([x.shape[1]])
     raw, by = {}, {}
     repeats = args.official_repeats or args.repeats
     with torch.inference_mode():
-        enc_s, raw["encoder_runs_s"] = timed_median(lambda: model.encoder(feats, lengths), args.warmup, repeats)
+        enc_s, raw["encoder_runs_s"] = timed_median(lambda: model.encoder(feats, lengths), args.warmup, repeats, quiet)
         enc, _, mask = model.encoder(feats, lengths)
         for beam, steps in search_grid(args) if args.official_grid == "full" else [(1, args.steps[0])]:
 
@@ -190,7 +203,7 @@ def time_official(ckpt: Path, x: np.ndarray, args: argparse.Namespace) -> dict:
                 hyps = model.decoder.batch_beam_search(enc, mask, beam_size=beam, nbest=1, decode_max_len=steps)
                 assert len(hyps[0][0]["yseq"]) == steps, f"official decode ran {len(hyps[0][0]['yseq'])} steps, want {steps}"
 
-            dec_s, raw[f"decode beam {beam}, {steps} steps runs_s"] = timed_median(decode, args.warmup, repeats)
+            dec_s, raw[f"decode beam {beam}, {steps} steps runs_s"] = timed_median(decode, args.warmup, repeats, quiet)
             by[grid_key(beam, steps)] = dec_s / steps
     timed = f"encoder(x, x_len); batch_beam_search(beam B, decode_max_len=S) / S; median of {repeats} after {args.warmup} warm-up"
     return dict(runtime=f"torch {torch.__version__} eager fp32", encoder_s=enc_s, step_s=by[grid_key(1, args.steps[0])],
@@ -206,22 +219,25 @@ def grid_key(beam: int, steps: int) -> str:
     return f"beam {beam}, {steps} steps"
 
 
-def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: bool, spinning: bool = False, stacked: bool = False) -> dict:
+def time_ours(pair_dir: Path, x: np.ndarray, args: argparse.Namespace, full: bool, spinning: bool = False, stacked: bool = False,
+              quiet: Quiet = nullcontext) -> dict:  # fmt: skip
     """Our runtime through `optimize bench`'s own code; `full`: the beam grid and the batch sizes too.
 
     `spinning`: ORT's intra-op spinning on (our runtime decides it from the host's load, "auto").
     `stacked`: the decoder run as published, not rewritten (runtime/decoder_graph.py).
+    `quiet`: entered around the load and each block of timed runs.
     """
     import onnxruntime as ort
 
     from optimize.evaluate.bench import Bench, BenchConfig
 
     batches = sorted(set(args.batches) | {1}) if full else [1]
-    start = time.perf_counter()
     cfg = BenchConfig(frames=x.shape[1], steps=args.steps[0], threads=args.threads, spinning=True if spinning else None,
                       rewrite_decoder=not stacked, warmup=args.warmup, repeats=args.repeats)  # fmt: skip
-    bench = Bench(pair_dir, cfg)
-    load_s = time.perf_counter() - start
+    with quiet():
+        start = time.perf_counter()
+        bench = Bench(pair_dir, cfg, quiet=quiet)
+        load_s = time.perf_counter() - start
     raw, by, throughput, totals = {}, {}, {}, {}
     for beam, steps in search_grid(args) if full else [(1, args.steps[0])]:
         r = bench.measure(beam=beam, steps=steps)
@@ -252,15 +268,16 @@ def sherpa_caps(seconds: float, steps: int) -> tuple[int, ...]:
     return (1, 2, max(3, math.ceil(steps / seconds)))
 
 
-def time_sherpa(pair_dir: Path, seconds: float, args: argparse.Namespace) -> dict:
+def time_sherpa(pair_dir: Path, seconds: float, args: argparse.Namespace, quiet: Quiet = nullcontext) -> dict:
     import sherpa_onnx
 
-    start = time.perf_counter()
-    rec = sherpa_onnx.OfflineRecognizer.from_fire_red_asr(
-        encoder=str(pair_dir / contract.ENCODER_FILE), decoder=str(pair_dir / contract.DECODER_FILE),
-        tokens=str(pair_dir / contract.TOKENS_FILE), num_threads=args.threads, decoding_method="greedy_search",
-    )  # fmt: skip
-    load_s = time.perf_counter() - start
+    with quiet():
+        start = time.perf_counter()
+        rec = sherpa_onnx.OfflineRecognizer.from_fire_red_asr(
+            encoder=str(pair_dir / contract.ENCODER_FILE), decoder=str(pair_dir / contract.DECODER_FILE),
+            tokens=str(pair_dir / contract.TOKENS_FILE), num_threads=args.threads, decoding_method="greedy_search",
+        )  # fmt: skip
+        load_s = time.perf_counter() - start
     wave = waveform(seconds)
     frames = 1 + (len(wave) - 400) // 160  # 25 ms window, 10 ms shift, snip_edges (sherpa's FireRed front end)
 
@@ -275,7 +292,7 @@ def time_sherpa(pair_dir: Path, seconds: float, args: argparse.Namespace) -> dic
     raw, n, t = {}, [], []
     for cap in sherpa_caps(seconds, args.steps[0]):
         n.append(decode(cap))
-        median, runs = timed_median(lambda: decode(cap), args.warmup, args.repeats)
+        median, runs = timed_median(lambda: decode(cap), args.warmup, args.repeats, quiet)
         t.append(median)
         raw[f"cap {cap}/s"] = {"steps": n[-1], "runs_s": runs}
     if len(set(n)) < 2:
@@ -298,17 +315,33 @@ def pair_of(name: str, args: argparse.Namespace) -> Path:
     return args.root / ("int8-v1" if variant == "v1-int8" else variant)
 
 
+def reset_high_water() -> bool:
+    """Reset this process's VmHWM to its RSS now (Linux >= 4.0), so the next reading is the peak since; False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def run_system(name: str, args: argparse.Namespace, x: np.ndarray, mem: PeakRss) -> Timing:
+    """Load, time and free one system. The memory sampler runs only in the untimed warm-ups (mem.paused elsewhere)."""
     seconds = x.shape[1] / 100
+    exact = reset_high_water()  # then the phase's peak RSS is VmHWM: the load's peak too, which no sample sees
+    samples = mem.samples
     with mem.phase(name) as phase:
         if name == "official-eager":
-            r = time_official(args.root / "ckpt", x, args)
+            r = time_official(args.root / "ckpt", x, args, mem.paused)
         elif name.startswith("ours-"):
             r = time_ours(pair_of(name, args), x, args, full=name not in ("ours-fp32", "ours-int8-spinning", "ours-int8-stacked"),
-                          spinning=name.endswith("-spinning"), stacked=name.endswith("-stacked"))  # fmt: skip
+                          spinning=name.endswith("-spinning"), stacked=name.endswith("-stacked"), quiet=mem.paused)  # fmt: skip
         else:
-            r = time_sherpa(pair_of(name, args), seconds, args)
+            r = time_sherpa(pair_of(name, args), seconds, args, mem.paused)
         gc.collect()  # the model goes before the next system loads
+    peak = max(phase.peak_bytes, max_rss_bytes()) if exact else phase.peak_bytes  # VmHWM: the peak since the reset, whatever rose
+    memory = {"peak_rss": "VmHWM since the reset" if exact else "sampled (warm-ups) and read at the ends",
+              "anon_samples_in_warmups": mem.samples - samples}  # fmt: skip
     steps = args.steps[0]
     # a step derived from a difference of medians can come out <= 0 when the load changes
     # faster than the runs: then there is no end-to-end figure, and no ratio is formed from it
@@ -317,9 +350,9 @@ def run_system(name: str, args: argparse.Namespace, x: np.ndarray, mem: PeakRss)
     e2e = r["encoder_s"] + steps * r["step_s"] if r["step_s"] > 0 else float("nan")
     return Timing(
         system=name, runtime=r["runtime"], encoder_ms=1e3 * r["encoder_s"], step_ms=1e3 * r["step_s"], steps=steps,
-        e2e_s=e2e, rtf=e2e / seconds, load_s=r["load_s"], peak_rss_gib=phase.peak_bytes / GIB,
+        e2e_s=e2e, rtf=e2e / seconds, load_s=r["load_s"], peak_rss_gib=peak / GIB,
         peak_anon_gib=phase.peak_anon_bytes / GIB, timed=r["timed"], raw=r["raw"],
-        step_ms_by={k: 1e3 * v for k, v in r.get("step_s_by", {}).items()}, throughput=r.get("throughput", {}),
+        step_ms_by={k: 1e3 * v for k, v in r.get("step_s_by", {}).items()}, throughput=r.get("throughput", {}), memory=memory,
     )  # fmt: skip
 
 
@@ -414,6 +447,8 @@ def markdown(rows: dict[str, Timing], r: dict[str, float], checks: dict, args: a
         c = checks.get(k)
         lines.append(f"| {k} | {v:.3f} | {c['target'] + (' met' if c['met'] else ' MISSED') if c else '-'} |")
     lines += ["", "What is timed:"] + [f"- {t.system}: {t.timed}" for t in rows.values()]
+    lines += ["", "Memory (outside every clock): peak RSS = VmHWM reset before each system where the kernel allows (else sampled); "
+              "anon sampled every 2 ms in the warm-ups only, the sampler paused during each load and each block of timed runs"]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,51 @@ def test_cpu_benchmark_and_optimize_bench_run_the_same_sessions_and_steps(tiny_p
     assert calls == script_calls
     assert [c[0] for c in calls].count("step") == 3 * 4 and calls[0][4].intra_op_spinning is spinning  # 1 warm-up + 2 timed runs
     assert ours["step_s"] > 0 and r.decoder_ms_per_step > 0
+
+
+def test_cpu_benchmark_samples_memory_only_outside_its_clocks(tiny_pair, monkeypatch):
+    """The 2 ms memory sampler slowed the sessions it watched on 2 cores (BENCHMARKS 5.3): cpu_benchmark runs it
+    in the untimed warm-ups only. Checked structurally: at every load and every timed run the sampler is paused
+    and takes no sample; in the warm-ups it samples."""
+    from optimize.evaluate.bench import Bench
+    from optimize.evaluate.memory import PeakRss
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cb = importlib.import_module("cpu_benchmark")
+    seen: list[tuple[str, bool, int]] = []  # (what, sampling, samples taken during it)
+    real_run, real_init = Bench.run, Bench.__init__
+
+    def run(self, cfg=None):
+        before = mem.samples
+        out = real_run(self, cfg)
+        seen.append(("run", mem.sampling, mem.samples - before))
+        return out
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        seen.append(("load", mem.sampling, 0))
+
+    monkeypatch.setattr(Bench, "run", run)
+    monkeypatch.setattr(Bench, "__init__", init)
+    args = cb.parse_args([str(tiny_pair.parent), "--frames", "90", "--steps", "3", "--beams", "1", "--batches", "1", "2",
+                          "--threads", "1", "--warmup", "2", "--repeats", "2"])  # fmt: skip
+    with PeakRss(interval_s=0.0005) as mem:
+        cb.time_ours(tiny_pair, cb.features(args.frames), args, full=True, quiet=mem.paused)
+        clocks: list[tuple[bool, int]] = []
+
+        def clocked():  # sleeps, so that an unpaused sampler gets a core: ~40 samples in 20 ms
+            before, sampling = mem.samples, mem.sampling
+            deadline = time.monotonic() + (5 if sampling else 0.02)
+            while time.monotonic() < deadline and mem.samples == before:
+                time.sleep(0.001)
+            clocks.append((sampling, mem.samples - before))
+
+        cb.timed_median(clocked, warmup=2, repeats=3, quiet=mem.paused)
+    assert seen[0] == ("load", False, 0)
+    runs = [(sampling, n) for what, sampling, n in seen[1:]]
+    assert len(runs) == 2 * 4  # beam 1 x 3 steps, batch 2: 2 warm-ups + 2 timed runs each
+    for measure in (runs[:4], runs[4:]):
+        assert [sampling for sampling, _ in measure] == [True, True, False, False]  # sampling in the warm-ups only
+        assert [n for _, n in measure[2:]] == [0, 0]  # no sample taken during a timed run
+    assert [sampling for sampling, _ in clocks] == [True, True, False, False, False]
+    assert all(n > 0 for _, n in clocks[:2]) and [n for _, n in clocks[2:]] == [0, 0, 0]  # sampled in the warm-ups, never when timed

@@ -206,6 +206,7 @@ def test_cpu_benchmark_runs_end_to_end(tmp_path):
     assert "decoder as published" in result["systems"]["ours-int8-stacked"]["runtime"]
     for name, t in result["systems"].items():
         assert t["steps"] == 2, name
+        assert t["peak_rss_gib"] > 0 and t["memory"]["peak_rss"] == "VmHWM since the reset", name  # exact, no sampler in the clocks
         if "NOT MEASURED" in t["timed"]:
             continue  # a fitted slope or a difference of medians can come out <= 0 for a tiny model on a busy machine; then it says so
         assert t["encoder_ms"] > 0 and t["step_ms"] > 0, name

@@ -16,8 +16,10 @@ import dataclasses
 import json
 import statistics
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from optimize.errors import OptimizeError
 
@@ -65,9 +67,12 @@ class Bench:
     """One pair opened for timing with cfg's provider, threads and options; `measure` at any shape.
 
     `profile`: a path prefix; both sessions then record ORT's profile (cpu_benchmark's per-op tables).
+    `quiet`: a context manager factory entered around each block of timed runs (not the warm-up):
+    cpu_benchmark pauses its memory sampler there (PeakRss.paused).
     """
 
-    def __init__(self, model_dir: str | Path, cfg: BenchConfig | None = None, profile: str | Path | None = None):
+    def __init__(self, model_dir: str | Path, cfg: BenchConfig | None = None, profile: str | Path | None = None,
+                 quiet: Callable[[], AbstractContextManager] = nullcontext):  # fmt: skip
         # onnxruntime is imported here, not with BenchConfig: the CLI reads BenchConfig's defaults for --help
         from optimize.runtime.binding import BoundPair
         from optimize.runtime.providers import ProviderOptions
@@ -75,6 +80,7 @@ class Bench:
 
         self.model_dir = str(model_dir)
         self.cfg = cfg or BenchConfig()
+        self.quiet = quiet
         spinning = {} if self.cfg.spinning is None else {"intra_op_spinning": self.cfg.spinning}
         options = ProviderOptions(io_binding=self.cfg.io_binding, rewrite_decoder=self.cfg.rewrite_decoder, **spinning)
         self.pair = OrtPair(model_dir, self.cfg.provider, self.cfg.threads, options, profile)
@@ -116,7 +122,8 @@ class Bench:
         cfg = self.shape(**shape)
         for _ in range(cfg.warmup):
             self.run(cfg)
-        runs = [self.run(cfg) for _ in range(cfg.repeats)]
+        with self.quiet():
+            runs = [self.run(cfg) for _ in range(cfg.repeats)]
         steps = runs[0][2]
         enc_s = statistics.median(r[0] for r in runs)
         dec_s = statistics.median(r[1] for r in runs)

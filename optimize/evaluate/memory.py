@@ -7,6 +7,12 @@ per process, so a sampler reads /proc/<pid>/statm every few milliseconds and
 charges each sample to the phases that are open. The sampler is a separate
 process: a thread would stall whenever a C extension holds the GIL (protobuf
 serialization, torch's ONNX export), which is exactly when memory peaks.
+
+The sampler costs the process it watches: each read of statm takes that process's
+memory-map lock, and on 2 cores the sampler's wake-ups take a core from a 2-thread
+session (BENCHMARKS 5.3: an int8 decoder step +18-26% with it running). Code that times
+something inside a PeakRss runs the timed part under `paused()`: the sampler then blocks
+on an event (no reads, no wake-ups) until the block ends.
 """
 
 from __future__ import annotations
@@ -63,22 +69,33 @@ def _statm(pid: int | str) -> tuple[int, int]:
     return int(fields[1]) * _PAGE, int(fields[2]) * _PAGE
 
 
-def _sampler(pid: int, open_mask, peaks, ready, stop, interval_s: float) -> None:
-    """Sampler process body: peaks[2i] = max RSS, peaks[2i+1] = max anon while phase i is open."""
+def _sampler(pid: int, open_mask, peaks, ready, stop, interval_s: float, sampling, reading, count) -> None:
+    """Sampler process body: peaks[2i] = max RSS, peaks[2i+1] = max anon while phase i is open.
+
+    Each sample is taken holding `reading` and only while `sampling` is set; while it is
+    clear the sampler blocks on it. `count` counts the samples taken.
+    """
     ready.set()
     while not stop.is_set():
-        try:
-            resident, shared = _statm(pid)
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        mask = open_mask.value
-        i = 0
-        while mask:
-            if mask & 1:
-                peaks[2 * i] = max(peaks[2 * i], resident)
-                peaks[2 * i + 1] = max(peaks[2 * i + 1], resident - shared)
-            mask >>= 1
-            i += 1
+        if not sampling.is_set():
+            sampling.wait()
+            continue
+        with reading:
+            if not sampling.is_set():
+                continue
+            try:
+                resident, shared = _statm(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            mask = open_mask.value
+            i = 0
+            while mask:
+                if mask & 1:
+                    peaks[2 * i] = max(peaks[2 * i], resident)
+                    peaks[2 * i + 1] = max(peaks[2 * i + 1], resident - shared)
+                mask >>= 1
+                i += 1
+            count.value += 1
         time.sleep(interval_s)
 
 
@@ -110,6 +127,7 @@ class PeakRss:
     Phases may nest: a sample counts for every open phase. A phase opened twice under
     the same name keeps the larger peak and the summed duration. Besides the samples,
     a phase during which the kernel's ru_maxrss rose gets that exact value as its peak.
+    `paused()` stops the sampler for a timed block; `samples` counts what it has taken.
     """
 
     interval_s: float = 0.002
@@ -121,7 +139,10 @@ class PeakRss:
         self._mask = ctx.Value("Q", 0, lock=False)
         self._peaks = ctx.Array("q", 2 * MAX_PHASES, lock=False)
         self._stop, ready = ctx.Event(), ctx.Event()
-        args = (os.getpid(), self._mask, self._peaks, ready, self._stop, self.interval_s)
+        self._sampling, self._reading = ctx.Event(), ctx.Lock()
+        self._sampling.set()
+        self._count = ctx.Value("Q", 0, lock=False)
+        args = (os.getpid(), self._mask, self._peaks, ready, self._stop, self.interval_s, self._sampling, self._reading, self._count)
         self._proc = ctx.Process(target=_sampler, args=args, daemon=True)
         self._proc.start()
         while not ready.wait(0.1):  # phases opened before the first sample would be missed
@@ -134,7 +155,32 @@ class PeakRss:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        self._sampling.set()  # a paused sampler wakes up to see the stop
         self._proc.join()
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the sampler is reading (False inside `paused()`)."""
+        return self._sampling.is_set()
+
+    @property
+    def samples(self) -> int:
+        """Samples taken so far (they stop counting inside `paused()`)."""
+        return self._count.value
+
+    @contextmanager
+    def paused(self):
+        """Stop sampling for the block (a timed region): no sample is taken from entry to exit."""
+        if not self._sampling.is_set():  # nested: already paused
+            yield
+            return
+        self._sampling.clear()
+        with self._reading:  # a sample under way finishes; the next one sees the clear event
+            pass
+        try:
+            yield
+        finally:
+            self._sampling.set()
 
     @contextmanager
     def phase(self, name: str):
