@@ -1,7 +1,7 @@
 """Accuracy of a model pair on a manifest, greedy and beam, broken down by every recorded condition.
 
     python benchmarks/accuracy_default.py artifacts/firered-aed-tiny calibration/eval [--sherpa] [--json out.json]
-        [--vad above=0 pad=0.4 ...]
+        [--vad above=0 pad=0.4 ...] [--ctc-weight 0.3 0.5]
 
 Decodes every utterance twice with `optimize`'s recognizer: greedy (beam 1, no smoothing or
 length penalty) and FireRedASR beam search (beam 3 by default). Prints markdown tables of CER zh,
@@ -11,7 +11,8 @@ every file with sherpa-onnx's `OfflineRecognizer.from_fire_red_asr` (greedy) and
 whose text differs from our greedy search. With --vad, each recording goes through
 `Recognizer.transcribe_long` instead (`optimize transcribe`'s long-audio path: Silero VAD segments,
 decoded as one batch, texts joined) with `VadConfig` fields set as given, e.g. `--vad above=0` cuts
-every recording at its pauses.
+every recording at its pauses. With --ctc-weight W..., beam search is also run jointly with the
+pair's CTC head (`DecodeConfig.ctc_weight`) at each weight.
 """
 
 from __future__ import annotations
@@ -153,26 +154,32 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sherpa", action="store_true")
     p.add_argument("--json", type=Path, help="also write every table (and the hypotheses) as JSON here")
+    p.add_argument("--ctc-weight", type=float, nargs="+", default=[], metavar="W",
+                   help="also decode beam B jointly with the CTC head at each of these weights (a pair exported --with-ctc)")
     p.add_argument("--vad", nargs="+", metavar="FIELD=VALUE", help="decode through the VAD long-audio path with these VadConfig fields (e.g. above=0)")
     a = p.parse_args()
     vad = vad_config(a.vad, p.error) if a.vad else None
     utts = read_manifest(a.data)
-    configs = {
-        "greedy": DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0, batch_size=8),
-        f"beam {a.beam_size}": DecodeConfig(beam_size=a.beam_size, batch_size=8),
-    }
-    feats = None
-    decodes, seconds = {}, {}
-    for name, config in configs.items():
-        rec = Recognizer(a.model_dir, config, threads=a.threads)
-        if vad is None:  # features once, outside the clock; the VAD path reads and cuts the audio itself
-            feats = feats or [rec.features(load_audio(u.audio)) for u in utts]
-        t0 = time.perf_counter()
-        if vad is None:
-            decodes[name] = [h.text for h in rec.recognize_features(feats)]
-        else:
-            decodes[name] = [t.text for t in rec.transcribe_long([u.audio for u in utts], vad=vad)]
-        seconds[name] = round(time.perf_counter() - t0, 1)
+    try:
+        configs = {
+            "greedy": DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0, batch_size=8),
+            f"beam {a.beam_size}": DecodeConfig(beam_size=a.beam_size, batch_size=8),
+            **{f"beam {a.beam_size} ctc {w:g}": DecodeConfig(beam_size=a.beam_size, batch_size=8, ctc_weight=w) for w in a.ctc_weight},
+        }
+        feats = None
+        decodes, seconds = {}, {}
+        for name, config in configs.items():
+            rec = Recognizer(a.model_dir, config, threads=a.threads)
+            if vad is None:  # features once, outside the clock; the VAD path reads and cuts the audio itself
+                feats = feats or [rec.features(load_audio(u.audio)) for u in utts]
+            t0 = time.perf_counter()
+            if vad is None:
+                decodes[name] = [h.text for h in rec.recognize_features(feats)]
+            else:
+                decodes[name] = [t.text for t in rec.transcribe_long([u.audio for u in utts], vad=vad)]
+            seconds[name] = round(time.perf_counter() - t0, 1)
+    except OptimizeError as e:  # a bad weight, or a pair without the CTC head
+        p.error(str(e))
     refs, langs = [u.text for u in utts], [u.lang for u in utts]
     print(f"model {a.model_dir}, data {a.data}: {len(utts)} utterances, {sum(u.duration for u in utts) / 60:.1f} min, "
           f"batch 8, {a.threads} threads, {'VAD ' + str(vad) if vad else 'whole utterances'}, decode time {seconds}\n")  # fmt: skip

@@ -65,3 +65,26 @@ def test_vad_option_sets_config_fields_and_refuses_bad_pairs():
             acc.vad_config(bad, fail)
     assert len(failures) == 3 and all("\n" not in f for f in failures)
     assert "abvoe=0" in failures[0] and "above" in failures[0] and "pad=wide" in failures[1] and "threshold=1.5" in failures[2]
+
+
+def test_ctc_weight_adds_a_joint_decode_and_refuses_a_pair_without_the_head(default_pair_v2, tiny_pair, tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    root = Path(__file__).resolve().parents[1] / "calibration" / "eval"
+    data = tmp_path / "two"
+    (data / "audio").mkdir(parents=True)
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()[:2]]
+    for row in rows:
+        shutil.copy(root / row["audio"], data / row["audio"])
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    acc = _script()
+    monkeypatch.setattr("sys.argv", ["accuracy_default.py", str(default_pair_v2), str(data), "--ctc-weight", "0.4", "--json", str(tmp_path / "out.json")])
+    acc.main()
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert set(out["tables"]["set"]["all"]) >= {"greedy", "beam 3", "beam 3 ctc 0.4"}
+    assert all(set(h) == {"greedy", "beam 3", "beam 3 ctc 0.4"} for h in out["hyps"].values())
+    monkeypatch.setattr("sys.argv", ["accuracy_default.py", str(tiny_pair), str(data), "--ctc-weight", "0.4"])
+    with pytest.raises(SystemExit) as exit_info:
+        acc.main()
+    assert exit_info.value.code == 2 and "no ctc_log_probs output" in capsys.readouterr().err

@@ -127,3 +127,69 @@ def audio_times(times: Times | None, n_tokens: int, duration: float) -> Times:
         if i != 0 and abs(duration - row[1]) < 0.001:
             row[1] = duration - i * 0.001
     return tuple((s, e) for s, e in out)
+
+
+# A finite "log 0": impossible paths stay comparable (and -inf - -inf never makes a nan).
+LOG_ZERO = np.float32(-1e10)
+
+
+class PrefixScorer:
+    """CTC prefix scores for joint CTC/attention decoding (Watanabe et al., 2017; ESPnet's CTCPrefixScore).
+
+    Tracks, per search row, the CTC forward variables of its hypothesis h over the encoder
+    frames: r[t, 0] = log P(h, the path at frame t is inside h's last token), r[t, 1] = ... in a
+    blank after it, and psi = log P(h is a prefix of the transcript). `score` gives, for
+    candidate tokens c, psi(h + c) - psi(h); for eos, the whole-transcript probability
+    log(r[T'-1, 0] + r[T'-1, 1]) - psi(h). `advance` keeps the states the search chose.
+
+    log_probs: shape = (N, T', V), float32, the CTC head's log-softmax; valid: shape = (N,),
+    int64, frames per utterance (past them a frame is blank with certainty, so scores equal
+    those over the valid frames alone); rows_per_utt: search rows per utterance (the beam).
+    """
+
+    def __init__(self, log_probs: np.ndarray, valid: np.ndarray, rows_per_utt: int, eos: int):
+        n, t_len, _ = log_probs.shape
+        x = np.maximum(log_probs.astype(np.float32), LOG_ZERO)
+        padded = np.arange(t_len)[None, :] >= np.asarray(valid)[:, None]
+        x[padded] = LOG_ZERO
+        x[padded, BLANK] = 0.0
+        self.x = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T', N, V): per-frame slices are contiguous
+        self.utt = np.arange(n).repeat(rows_per_utt)  # (R,): each row's utterance
+        self.eos = eos
+        rows = len(self.utt)
+        self.r = np.full((t_len, 2, rows), LOG_ZERO, dtype=np.float32)
+        self.r[:, 1] = np.cumsum(self.x[:, self.utt, BLANK], axis=0)  # the empty hypothesis: blanks only
+        self.psi = np.zeros(rows, dtype=np.float32)
+        self.last = np.full(rows, -1, dtype=np.int64)  # each hypothesis's last token (-1: none yet)
+        self.length = np.zeros(rows, dtype=np.int64)  # tokens in each hypothesis
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
+
+    def score(self, cands: np.ndarray) -> np.ndarray:
+        """cands: shape = (R, K), int64 token ids -> psi(h + c) - psi(h), shape = (R, K), float32."""
+        t_len = self.x.shape[0]
+        xc = self.x[:, self.utt[:, None], cands]  # (T', R, K)
+        r = self.r
+        # the paths h + c can extend at frame t: from h ending at t - 1, but after a blank when c repeats h's last token
+        phi = np.where((cands == self.last[:, None])[None], r[:, 1, :, None], np.logaddexp(r[:, 0], r[:, 1])[:, :, None])
+        rn = np.full(xc.shape, LOG_ZERO, dtype=np.float32)
+        rb = np.full(xc.shape, LOG_ZERO, dtype=np.float32)
+        rn[0] = np.where((self.length == 0)[:, None], xc[0], LOG_ZERO)
+        # h + c needs len(h) + 1 frames: no row's c can start before frame min(len(h))
+        start = max(1, int(self.length.min()))
+        for t in range(start, t_len):
+            rn[t] = np.logaddexp(rn[t - 1], phi[t - 1]) + xc[t]
+            rb[t] = np.logaddexp(rn[t - 1], rb[t - 1]) + self.x[t, self.utt, BLANK][:, None]
+        terms = phi[start - 1 : -1] + xc[start:]
+        psi = np.logaddexp.reduce(np.concatenate([rn[:1], terms]), axis=0) if len(terms) else rn[0]
+        psi = np.where(cands == self.eos, np.logaddexp(r[-1, 0], r[-1, 1])[:, None], psi)
+        psi[cands == BLANK] = LOG_ZERO  # never a transcript token
+        self._pending = (np.stack([rn, rb], axis=1), psi)  # (T', 2, R, K), (R, K)
+        return psi - self.psi[:, None]
+
+    def advance(self, parents: np.ndarray, picks: np.ndarray, tokens: np.ndarray) -> None:
+        """New row i = row parents[i]'s hypothesis + its candidate picks[i] (a column of the last `score`), token tokens[i]."""
+        states, psi = self._pending
+        self.r = states[:, :, parents, picks]
+        self.psi = psi[parents, picks]
+        self.last = tokens.astype(np.int64)
+        self.length = self.length[parents] + 1

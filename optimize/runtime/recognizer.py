@@ -112,6 +112,11 @@ class Recognizer:
                 f"{model_dir}: the encoder has no {contract.CTC_OUTPUT[0]} output, which timestamps need",
                 "export a FireRedASR2 checkpoint with `optimize export --with-ctc`",
             )
+        if decode.ctc_weight > 0 and not self.pair.has_ctc:
+            raise OptimizeError(
+                f"{model_dir}: the encoder has no {contract.CTC_OUTPUT[0]} output, which ctc_weight {decode.ctc_weight} needs",
+                "decode with ctc_weight 0 (attention only), or export a FireRedASR2 checkpoint with `optimize export --with-ctc`",
+            )
         self.timestamps = timestamps
         # CUDA always binds: a host round trip of cross K/V and both caches per step is what IOBinding removes
         self.bound = BoundPair(self.pair) if options.binds(provider) else None
@@ -219,17 +224,18 @@ class Recognizer:
             x[row, : len(f)] = f
         model, maxlen, log_probs = self._encode(x, frames, max_len or self.decode.max_len)
         info = self.pair.info
-        found = search_scored(model, len(feats), maxlen, self.decode, info.sos, info.eos)
-        hyps = [Hypothesis(d.tokens, self.tokens.detokenize(d.tokens), score=d.score) for d in found]
-        if log_probs is None:
-            return hyps
         valid = (frames + 3) // 4  # encoder frames per row, the official mask rule
+        scorer = None if self.decode.ctc_weight == 0 else ctc.PrefixScorer(log_probs, valid, self.decode.beam_size, info.eos)
+        found = search_scored(model, len(feats), maxlen, self.decode, info.sos, info.eos, scorer)
+        hyps = [Hypothesis(d.tokens, self.tokens.detokenize(d.tokens), score=d.score) for d in found]
+        if not self.timestamps:
+            return hyps
         return [replace(h, times=ctc.align(log_probs[row, : valid[row]], h.tokens)) for row, h in enumerate(hyps)]
 
     def _encode(self, x: np.ndarray, frames: np.ndarray, max_len: int) -> tuple[Inference, int, np.ndarray | None]:
         """Run the encoder on x, shape = (N, T, 80); return the decoder bound to its output, the step
-        limit, and with timestamps the CTC log-probs, shape = (N, T', V), float32 (else None)."""
-        enc = encode(self.pair, self.bound, x, frames, self.timestamps)
+        limit, and with timestamps or joint decoding the CTC log-probs, shape = (N, T', V), float32 (else None)."""
+        enc = encode(self.pair, self.bound, x, frames, self.timestamps or self.decode.ctc_weight > 0)
         mask = cross_attention_mask(frames, enc.length) if len(set(frames.tolist())) > 1 else None
         maxlen = max_len or enc.length
         fixed = self.pair.fixed_cache_len

@@ -20,6 +20,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from optimize.errors import OptimizeError
+from optimize.runtime.ctc import PrefixScorer
 
 # FireRedASR's "infinity" is finite on purpose: finished rows multiply scores by
 # 0, and 0 * 1e10 stays 0 where 0 * inf would be nan.
@@ -28,6 +29,7 @@ INF = np.float32(1e10)
 # about 0.5 GB per beam and utterance. FireRedASR recommends 3; 100000 was OOM-killed.
 MAX_BEAM_SIZE = 16
 MAX_BATCH_SIZE = 256  # utterances per run; memory grows the same way
+CTC_PRE_BEAM = 10  # joint decoding: attention's best tokens per row that the CTC prefix scorer rescores
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,14 @@ class DecodeConfig:
     eos_penalty: float = 1.0  # multiplies the EOS log-prob; > 0 (FireRedASR2 allows > 1, v1 asserted <= 1); < 1 favours ending
     max_len: int = 0  # most decoder steps; 0 = the batch's padded encoder length T', as FireRedASR
     batch_size: int = 1  # utterances per encoder/decoder run (> 1 needs a pair with cross_attn_mask)
+    # joint CTC/attention decoding: each candidate scores (1 - w) x attention + w x CTC prefix
+    # log-prob (needs a pair with a CTC head); 0 = attention only, FireRedASR's own search
+    ctc_weight: float = 0.0
 
     def __post_init__(self):
         fix = (f"use 1 <= beam_size <= {MAX_BEAM_SIZE} (FireRedASR recommends 3; memory grows with each beam), "
-               f"1 <= batch_size <= {MAX_BATCH_SIZE}, max_len >= 0, softmax_smoothing > 0, eos_penalty > 0, length_penalty >= 0")
+               f"1 <= batch_size <= {MAX_BATCH_SIZE}, max_len >= 0, softmax_smoothing > 0, eos_penalty > 0, length_penalty >= 0, "
+               "0 <= ctc_weight <= 1")
         bad = {
             "beam_size": not 1 <= self.beam_size <= MAX_BEAM_SIZE,
             "batch_size": not 1 <= self.batch_size <= MAX_BATCH_SIZE,
@@ -51,6 +57,7 @@ class DecodeConfig:
             "softmax_smoothing": not self.softmax_smoothing > 0,
             "eos_penalty": not self.eos_penalty > 0,
             "length_penalty": self.length_penalty < 0,
+            "ctc_weight": not 0 <= self.ctc_weight <= 1,
         }
         names = [name for name, is_bad in bad.items() if is_bad]
         if names:
@@ -81,8 +88,12 @@ def search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, e
     return [d.tokens for d in search_scored(model, n, maxlen, cfg, sos, eos)]
 
 
-def search_scored(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int) -> list[Decoded]:
-    """`search` with each hypothesis's score."""
+def search_scored(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int, ctc: PrefixScorer | None = None) -> list[Decoded]:
+    """`search` with each hypothesis's score; with cfg.ctc_weight > 0, joint decoding with `ctc`'s prefix scores."""
+    if cfg.ctc_weight > 0:
+        if ctc is None:
+            raise OptimizeError(f"ctc_weight {cfg.ctc_weight} needs the CTC head's log-probs", "decode with a pair that has a CTC head, or ctc_weight 0")
+        return beam_search(model, n, maxlen, cfg, sos, eos, ctc)
     if cfg.beam_size == 1:
         return greedy_search(model, n, maxlen, cfg, sos, eos)
     return beam_search(model, n, maxlen, cfg, sos, eos)
@@ -137,8 +148,13 @@ def greedy_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos:
     return [Decoded(tuple(seq), float(sc)) for seq, sc in zip(out, score)]
 
 
-def beam_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int) -> list[Decoded]:
-    """FireRedASR's batch beam search; returns the best hypothesis per utterance."""
+def beam_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int, ctc: PrefixScorer | None = None) -> list[Decoded]:
+    """FireRedASR's batch beam search; returns the best hypothesis per utterance.
+
+    With `ctc` (cfg.ctc_weight > 0) each row's candidates are its CTC_PRE_BEAM best tokens by
+    attention, rescored (1 - w) x attention + w x CTC prefix log-prob before its top-B; the
+    rest of the search is FireRedASR's (ESPnet's joint decoding in FireRedASR's beam).
+    """
     b = cfg.beam_size
     rows = n * b
     model.start(b)
@@ -148,7 +164,14 @@ def beam_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: i
     finished = np.zeros(rows, dtype=bool)
     row_base = (b * np.arange(n, dtype=np.int64)).repeat(b)
     for t in range(maxlen):
-        cand_scores, cand_tokens = topk(log_probs(model.step(ys[:, -1], t), cfg, eos), b)
+        att = log_probs(model.step(ys[:, -1], t), cfg, eos)
+        if ctc is None:
+            cand_scores, cand_tokens = topk(att, b)
+        else:
+            pre_scores, pre_tokens = topk(att, min(att.shape[1], max(CTC_PRE_BEAM, b)))
+            w = np.float32(cfg.ctc_weight)
+            cand_scores, picks = topk((1 - w) * pre_scores + w * ctc.score(pre_tokens), b)
+            cand_tokens = np.take_along_axis(pre_tokens, picks, axis=1)
         cand_scores[finished] = pinned
         cand_tokens[finished] = eos
         total = (scores + cand_scores).reshape(n, b * b)
@@ -158,6 +181,8 @@ def beam_search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: i
         new_tokens = np.take_along_axis(cand_tokens.reshape(n, b * b), best, axis=1).reshape(rows, 1)
         ys = np.concatenate([ys[parents], new_tokens], axis=1)
         model.reorder(parents)
+        if ctc is not None:
+            ctc.advance(parents, np.take_along_axis(picks.reshape(n, b * b), best, axis=1).reshape(rows), new_tokens[:, 0])
         finished = new_tokens[:, 0] == eos
         if finished.all():
             break
