@@ -11,8 +11,9 @@ every file with sherpa-onnx's `OfflineRecognizer.from_fire_red_asr` (greedy) and
 whose text differs from our greedy search. With --vad, each recording goes through
 `Recognizer.transcribe_long` instead (`optimize transcribe`'s long-audio path: Silero VAD segments,
 decoded as one batch, texts joined) with `VadConfig` fields set as given, e.g. `--vad above=0` cuts
-every recording at its pauses. With --ctc-weight W..., beam search is also run jointly with the
-pair's CTC head (`DecodeConfig.ctc_weight`) at each weight.
+every recording at its pauses. Greedy and beam are FireRedASR's attention-only searches; beam search
+is also run jointly with the pair's CTC head (`DecodeConfig.ctc_weight`) at each --ctc-weight W and
+at the pair's recommended weight (encoder metadata `ctc_weight`) when it has one.
 """
 
 from __future__ import annotations
@@ -161,10 +162,12 @@ def main() -> None:
     vad = vad_config(a.vad, p.error) if a.vad else None
     utts = read_manifest(a.data)
     try:
+        recommended = Recognizer(a.model_dir, threads=1).decode.ctc_weight  # the pair's own (metadata ctc_weight), else 0
         configs = {
-            "greedy": DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0, batch_size=8),
-            f"beam {a.beam_size}": DecodeConfig(beam_size=a.beam_size, batch_size=8),
-            **{f"beam {a.beam_size} ctc {w:g}": DecodeConfig(beam_size=a.beam_size, batch_size=8, ctc_weight=w) for w in a.ctc_weight},
+            "greedy": DecodeConfig(beam_size=1, softmax_smoothing=1.0, length_penalty=0.0, batch_size=8, ctc_weight=0.0),
+            f"beam {a.beam_size}": DecodeConfig(beam_size=a.beam_size, batch_size=8, ctc_weight=0.0),
+            **{f"beam {a.beam_size} ctc {w:g}": DecodeConfig(beam_size=a.beam_size, batch_size=8, ctc_weight=w)
+               for w in sorted(set(a.ctc_weight) | ({recommended} if recommended else set()))},
         }
         feats = None
         decodes, seconds = {}, {}

@@ -177,7 +177,7 @@ def transcribe(
     output_format: str = typer.Option("tsv", "-f", "--format", help=f"{'|'.join(FORMATS)}: text per line; id<TAB>text; one JSON document; one JSON object per line (ids, tokens, scores, segment times, durations)"),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help=f"beam width, 1 = greedy [default: {_DECODE.beam_size}]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"utterances or segments per encoder/decoder run [default: {_DECODE.batch_size}]"),
-    ctc_weight: Optional[float] = typer.Option(None, "--ctc-weight", help=f"joint CTC/attention decoding: weight of the CTC prefix score in [0, 1], 0 = attention only as FireRedASR (a pair exported --with-ctc) [default: {_DECODE.ctc_weight:g}]"),
+    ctc_weight: Optional[float] = typer.Option(None, "--ctc-weight", help=f"joint CTC/attention decoding: weight of the CTC prefix score in [0, 1], 0 = attention only as FireRedASR (a pair exported --with-ctc) [default: the model's, its encoder metadata ctc_weight, else 0]"),
     vad_above: Optional[float] = typer.Option(None, "--vad-above", help=f"cut recordings longer than this many seconds into speech segments with Silero VAD; 0 = cut every input [default: {_VAD.above:g}]"),
     max_segment: Optional[float] = typer.Option(None, "--max-segment", help=f"longest VAD segment in seconds, at most 60 [default: {_VAD.max_segment:g}]"),
     threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads, 0 = ORT's choice [default: 0]"),

@@ -84,6 +84,10 @@ V2_METADATA = (
 # token timestamps (CTC forced alignment). sherpa-onnx binds encoder outputs by position and
 # reads only the first two, so the pair stays a drop-in.
 CTC_OUTPUT = ("ctc_log_probs", 1)
+# Optional encoder metadata of a pair with that output: the CTC weight the model decodes best with
+# (DecodeConfig.ctc_weight, joint CTC/attention decoding), chosen on its dev set when it was
+# published. The recognizer uses it unless told a weight; absent, decoding is attention only.
+CTC_WEIGHT_KEY = "ctc_weight"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class ModelInfo:
     cmvn_mean: tuple[float, ...]
     cmvn_inv_stddev: tuple[float, ...]
     fixed_cache_len: int | None  # 1024 for the v1 layout, None when dynamic
+    ctc_weight: float = 0.0  # the model's recommended joint-decoding weight (CTC_WEIGHT_KEY), 0 without one
 
     @property
     def d_model(self) -> int:
@@ -120,8 +125,12 @@ def parse_metadata(meta: dict[str, str], where: str) -> dict[str, object]:
             out[key] = int(meta[key])
         for key in ("cmvn_mean", "cmvn_inv_stddev"):
             out[key] = tuple(float(v) for v in meta[key].split(","))
+        if CTC_WEIGHT_KEY in meta:
+            out["ctc_weight"] = float(meta[CTC_WEIGHT_KEY])
     except ValueError as e:
         raise OptimizeError(f"{where} has malformed metadata: {e}", "re-export the model") from e
+    if not 0 <= out.get("ctc_weight", 0.0) <= 1:  # type: ignore[operator]
+        raise OptimizeError(f"{where}: metadata {CTC_WEIGHT_KEY} is {out['ctc_weight']}, outside [0, 1]", f"set {CTC_WEIGHT_KEY} in [0, 1] or remove it")
     for key in ("cmvn_mean", "cmvn_inv_stddev"):
         values = out[key]
         if len(values) != N_MELS or not all(math.isfinite(v) for v in values):  # type: ignore[arg-type]

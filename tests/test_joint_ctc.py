@@ -149,3 +149,23 @@ def test_ctc_weight_user_errors(tiny_pair, default_pair_v2):
     assert result.exit_code == 2 and "ctc_weight=1.5" in result.stderr and "0 <= ctc_weight <= 1" in result.stderr
     result = cli("transcribe", default_pair_v2, audio, "--ctc-weight", "0.3", "--beam-size", "2")
     assert result.exit_code == 0, result.stderr
+
+
+def test_pair_recommends_its_weight(tiny_ckpt_v2, tiny_pair, tmp_path):
+    """Encoder metadata ctc_weight is the default weight; an explicit one wins; a pair without it or without the head decodes attention only."""
+    from optimize import contract
+    from optimize.export.exporter import ExportConfig, export_checkpoint
+
+    out = tmp_path / "rec"
+    export_checkpoint(tiny_ckpt_v2, out, ExportConfig(with_ctc=True, ctc_weight=0.4))
+    assert Recognizer(out).decode.ctc_weight == 0.4
+    assert Recognizer(out, DecodeConfig(ctc_weight=0.0)).decode.ctc_weight == 0.0
+    assert Recognizer(tiny_pair).decode.ctc_weight == 0.0
+    with pytest.raises(OptimizeError, match="only for a pair exported with its CTC head"):
+        ExportConfig(ctc_weight=0.4)
+    meta = {k: "1" for k in contract.REQUIRED_METADATA} | {"cmvn_mean": ",".join(["0"] * 80), "cmvn_inv_stddev": ",".join(["1"] * 80)}
+    assert contract.parse_metadata(meta, "enc").get("ctc_weight") is None
+    assert contract.parse_metadata(meta | {"ctc_weight": "0.5"}, "enc")["ctc_weight"] == 0.5
+    for bad in ("1.5", "nan", "high"):
+        with pytest.raises(OptimizeError, match="ctc_weight|malformed"):
+            contract.parse_metadata(meta | {"ctc_weight": bad}, "enc")

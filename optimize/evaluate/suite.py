@@ -55,6 +55,8 @@ class EvalSettings:
     def timed(self) -> str:
         """What the RTF clock covers, in words."""
         search = "greedy" if self.decode.beam_size == 1 else f"beam {self.decode.beam_size}"
+        w = self.decode.ctc_weight
+        search += " (joint with CTC at the pair's recommended weight, if any)" if w is None else f" joint with CTC, weight {w:g}" if w else ""
         if self.evaluation.mode == "parity_only":
             return (f"encoder + {self.evaluation.probe_steps} forced greedy decoder steps per synthetic or eval probe, "
                     f"batch 1, {self.provider}, {self.threads} thread(s); audio seconds = frames x 10 ms")  # fmt: skip

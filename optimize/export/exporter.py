@@ -39,12 +39,15 @@ class ExportConfig:
     fixed_cache_len: int | None = None  # None: dynamic self-cache length; 1024: the published v1 layout
     trial_frames: int = 137  # frames of the trial input used for tracing and the shape asserts
     with_ctc: bool = False  # FireRedASR2: add the CTC log-probs as a third encoder output (contract.CTC_OUTPUT)
+    ctc_weight: float | None = None  # with_ctc: the joint-decoding weight to recommend (metadata contract.CTC_WEIGHT_KEY)
 
     def __post_init__(self):
         if self.opset not in OPSETS:
             raise OptimizeError(f"opset {self.opset} is outside the supported range", f"use an opset from {OPSETS.start} to {OPSETS.stop - 1} (default 17)")
         if self.fixed_cache_len is not None and self.fixed_cache_len < 2:
             raise OptimizeError(f"--fixed-cache-len {self.fixed_cache_len} is too small", "use 1024 for the published v1 layout")
+        if self.ctc_weight is not None and not (self.with_ctc and 0 <= self.ctc_weight <= 1):
+            raise OptimizeError(f"a recommended ctc_weight of {self.ctc_weight} (with_ctc {self.with_ctc})", "recommend a weight in [0, 1], only for a pair exported with its CTC head")
 
 
 class EncoderGraph(nn.Module):
@@ -294,7 +297,8 @@ def export_checkpoint(ckpt_dir: Path, out_dir: Path, cfg: ExportConfig = ExportC
         enc_names = [n for n, _ in contract.ENCODER_INPUTS], [n for n, _ in enc_outputs]
         dec_names = [n for n, _ in contract.DECODER_INPUTS] + [contract.CROSS_MASK], [n for n, _ in contract.DECODER_OUTPUTS]
         _torch_export(enc, enc_args, raw / contract.ENCODER_FILE, *enc_names, enc_axes, cfg.opset)
-        _finish_graph(raw / contract.ENCODER_FILE, final / contract.ENCODER_FILE, metadata(ckpt, cfg.fixed_cache_len), decoder=False)
+        meta = metadata(ckpt, cfg.fixed_cache_len) | ({} if cfg.ctc_weight is None else {contract.CTC_WEIGHT_KEY: repr(float(cfg.ctc_weight))})
+        _finish_graph(raw / contract.ENCODER_FILE, final / contract.ENCODER_FILE, meta, decoder=False)
         shutil.rmtree(raw), raw.mkdir()  # free the encoder's raw copy before the decoder
         _torch_export(dec, dec_args, raw / contract.DECODER_FILE, *dec_names, dec_axes, cfg.opset)
         _finish_graph(raw / contract.DECODER_FILE, final / contract.DECODER_FILE, None, decoder=True)

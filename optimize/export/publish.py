@@ -9,7 +9,8 @@ pair beside it, and `manifest.json` with the sha256 and size of
 every file and how it was made. When the checkpoint directory holds training's CTC head
 (`ctc_head.pt`, written by optimize.export.train), the model is published in the
 FireRedASR2-AED format: the checkpoint carries `ctc.ctc_lo` and the pair is exported
-`--with-ctc` (the encoder's third output, the CTC log-probs).
+`--with-ctc` (the encoder's third output, the CTC log-probs); `--ctc-weight` then records the
+joint-decoding weight the recognizer uses by default (encoder metadata `ctc_weight`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def publish(ckpt_dir: Path, out_dir: Path, lang_dir: Path | None, train_log: Path | None) -> Path:
+def publish(ckpt_dir: Path, out_dir: Path, lang_dir: Path | None, train_log: Path | None, ctc_weight: float | None = None) -> Path:
     ckpt = load_checkpoint(ckpt_dir)
     model = ckpt.model
     if (ckpt_dir / CTC_HEAD_FILE).is_file():  # training's CTC head: publish as FireRedASR2-AED
@@ -57,12 +58,13 @@ def publish(ckpt_dir: Path, out_dir: Path, lang_dir: Path | None, train_log: Pat
         save_checkpoint(stage / "checkpoint", model, ckpt.cmvn_stats, ckpt.tokens, dtype=torch.float16)
         if lang_dir is not None:
             shutil.copy(lang_dir / "train_bpe.model", stage / "checkpoint" / "train_bpe.model")
-        export_checkpoint(stage / "checkpoint", stage, ExportConfig(with_ctc=model.ctc is not None))
+        export_checkpoint(stage / "checkpoint", stage, ExportConfig(with_ctc=model.ctc is not None, ctc_weight=ctc_weight))
         files = sorted(p for p in stage.rglob("*") if p.is_file())
         manifest = {
             "model": "firered-aed-tiny",
             "architecture": "FireRedASR AED (conformer encoder + transformer decoder)",
             "format": "FireRedASR2-AED (CTC head ctc.ctc_lo; exported --with-ctc)" if model.ctc is not None else "FireRedASR-AED",
+            "decode": {"ctc_weight": ctc_weight if ctc_weight is not None else 0.0},
             "dims": {k: v for k, v in ckpt.dims.__dict__.items()},
             "parameters": sum(p.numel() for p in model.parameters()),
             "how": HOW,
@@ -82,8 +84,9 @@ def main() -> None:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--lang", type=Path, default=None, help="directory with train_bpe.model to ship beside dict.txt")
     p.add_argument("--train-log", type=Path, default=None, help="train.log (dev error per evaluation) to record")
+    p.add_argument("--ctc-weight", type=float, default=None, help="with a CTC head: the joint-decoding weight to recommend (chosen on dev)")
     a = p.parse_args()
-    print(publish(a.ckpt_dir, a.out_dir, a.lang, a.train_log))
+    print(publish(a.ckpt_dir, a.out_dir, a.lang, a.train_log, a.ctc_weight))
 
 
 if __name__ == "__main__":

@@ -104,9 +104,14 @@ class Recognizer:
         options: ProviderOptions = ProviderOptions(),
         timestamps: bool = False,
     ):
-        """`timestamps`: per-token times by CTC forced alignment; needs a pair exported with --with-ctc."""
-        self.decode = decode
+        """`timestamps`: per-token times by CTC forced alignment; needs a pair exported with --with-ctc.
+
+        decode.ctc_weight None takes the pair's recommended weight (contract.CTC_WEIGHT_KEY), else 0.
+        """
         self.pair = OrtPair(model_dir, provider=provider, threads=threads, options=options)
+        if decode.ctc_weight is None:
+            decode = replace(decode, ctc_weight=self.pair.info.ctc_weight if self.pair.has_ctc else 0.0)
+        self.decode = decode
         if timestamps and not self.pair.has_ctc:
             raise OptimizeError(
                 f"{model_dir}: the encoder has no {contract.CTC_OUTPUT[0]} output, which timestamps need",

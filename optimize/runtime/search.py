@@ -43,8 +43,9 @@ class DecodeConfig:
     max_len: int = 0  # most decoder steps; 0 = the batch's padded encoder length T', as FireRedASR
     batch_size: int = 1  # utterances per encoder/decoder run (> 1 needs a pair with cross_attn_mask)
     # joint CTC/attention decoding: each candidate scores (1 - w) x attention + w x CTC prefix
-    # log-prob (needs a pair with a CTC head); 0 = attention only, FireRedASR's own search
-    ctc_weight: float = 0.0
+    # log-prob (needs a pair with a CTC head); 0 = attention only, FireRedASR's own search;
+    # None = the pair's recommendation (encoder metadata ctc_weight), else 0
+    ctc_weight: float | None = None
 
     def __post_init__(self):
         fix = (f"use 1 <= beam_size <= {MAX_BEAM_SIZE} (FireRedASR recommends 3; memory grows with each beam), "
@@ -57,7 +58,7 @@ class DecodeConfig:
             "softmax_smoothing": not self.softmax_smoothing > 0,
             "eos_penalty": not self.eos_penalty > 0,
             "length_penalty": self.length_penalty < 0,
-            "ctc_weight": not 0 <= self.ctc_weight <= 1,
+            "ctc_weight": self.ctc_weight is not None and not 0 <= self.ctc_weight <= 1,
         }
         names = [name for name, is_bad in bad.items() if is_bad]
         if names:
@@ -90,7 +91,7 @@ def search(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, e
 
 def search_scored(model: Inference, n: int, maxlen: int, cfg: DecodeConfig, sos: int, eos: int, ctc: PrefixScorer | None = None) -> list[Decoded]:
     """`search` with each hypothesis's score; with cfg.ctc_weight > 0, joint decoding with `ctc`'s prefix scores."""
-    if cfg.ctc_weight > 0:
+    if cfg.ctc_weight:
         if ctc is None:
             raise OptimizeError(f"ctc_weight {cfg.ctc_weight} needs the CTC head's log-probs", "decode with a pair that has a CTC head, or ctc_weight 0")
         return beam_search(model, n, maxlen, cfg, sos, eos, ctc)
