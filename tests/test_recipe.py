@@ -37,7 +37,7 @@ def test_shipped_recipes_load(name):
     assert to_dict(recipe)["stages"][0] == {"simplify": dataclasses.asdict(recipe.stages[0].config)}
 
 
-@pytest.mark.parametrize("name, small", [("cpu_int8_aed_l", "cpu_int8"), ("gpu_fp16_aed_l", "gpu_fp16")])
+@pytest.mark.parametrize("name, small", [("cpu_int8_aed_l", "cpu_int8"), ("gpu_fp16_aed_l", "gpu_fp16"), ("cpu_int8_int4dec_aed_l", "cpu_int8_int4dec")])
 def test_aed_l_recipes_run_the_small_recipes_stages_by_parity(name, small):
     big, ref = load_recipe(REPO / "recipes" / f"{name}.yaml"), load_recipe(REPO / "recipes" / f"{small}.yaml")
     assert big.model == REPO / "work/aed_l/fp32" and big.data is None and big.evaluation.mode == "parity_only"
