@@ -51,7 +51,8 @@ def official_model(ckpt_dir: Path):
 
     package = torch.load(Path(ckpt_dir) / "model.pth.tar", map_location="cpu", weights_only=False)
     model = FireRedAsrAed.from_args(package["args"])
-    model.load_state_dict({k: v.float() for k, v in package["model_state_dict"].items()}, strict=True)
+    # a FireRedASR2-format checkpoint also holds the CTC head, which the v1 model has no place for
+    model.load_state_dict({k: v.float() for k, v in package["model_state_dict"].items() if not k.startswith("ctc.")}, strict=True)
     return model.eval(), package["args"]
 
 
