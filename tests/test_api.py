@@ -32,8 +32,8 @@ def test_readme_example_runs_as_written():
     proc = subprocess.run([sys.executable, "-c", readme_python()], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == lines[1] == "OPEN THE BLACK FOLDER"  # file and float array: same text
-    assert len(lines) == 4 and all(line.endswith(": OPEN THE BLACK FOLDER") for line in lines[2:])  # two VAD segments
+    assert lines[0] == lines[1] == "HOW FAR IS IT TO SEATTLE"  # file and float array: same text
+    assert len(lines) == 4 and all(line.endswith(": HOW FAR IS IT TO SEATTLE") for line in lines[2:])  # two VAD segments
     first, second = (tuple(float(t) for t in line.split(" s:")[0].split("-")) for line in lines[2:])
     assert first[1] <= second[0]  # in time order, not overlapping
 

@@ -116,10 +116,12 @@ def test_publish_with_the_ctc_head_writes_firered_asr2(tmp_path):
     trainer = Trainer(TrainConfig(), DIMS)
     stats = np.stack([np.r_[np.zeros(80), 10.0], np.r_[np.full(80, 10.0), 0.0]])
     _evaluate_and_save(trainer, feats, ids, stats, tuple(f"t{i}" for i in range(DIMS.odim)), tmp_path, io.StringIO(), 0.0)
-    out = publish(tmp_path / "best", tmp_path / "published", None, None)
+    out = publish(tmp_path / "best", tmp_path / "published", None, None, ctc_weight=0.5)
     ckpt = load_checkpoint(out / "checkpoint")
     assert ckpt.version == 2
     torch.testing.assert_close(ckpt.model.ctc.ctc_lo.weight, trainer.ctc.weight.detach().half().float())
-    outputs = [o.name for o in onnx.load(out / "encoder.onnx", load_external_data=False).graph.output]
-    assert len(outputs) == 3
-    assert json.loads((out / "manifest.json").read_text())["format"].startswith("FireRedASR2-AED")
+    encoder = onnx.load(out / "encoder.onnx", load_external_data=False)
+    assert len(encoder.graph.output) == 3
+    assert {p.key: p.value for p in encoder.metadata_props}["ctc_weight"] == "0.5"  # the recognizer's default weight
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"].startswith("FireRedASR2-AED") and manifest["decode"] == {"ctc_weight": 0.5}

@@ -59,6 +59,7 @@ class TrainConfig:
     init_step: int = 0  # continuing from a saved model: the schedule resumes at this step
     restart_warmup: int = 100  # fresh optimizer moments: ramp up to the resumed rate
     anneal: tuple[int, int] | None = None  # (from, to) steps: the rate falls linearly to 0 between them
+    stop_at: int | None = None  # stop (after scoring dev and saving last.pt) at this step: replays a recorded schedule
 
 
 def _features(path: str) -> np.ndarray:
@@ -223,7 +224,7 @@ def _normalize(feats: list[np.ndarray], mean, inv_std) -> list[np.ndarray]:
 
 def run(args: argparse.Namespace) -> None:
     cfg = TrainConfig(max_minutes=args.max_minutes, seed=args.seed, threads=args.threads, eval_every=args.eval_every,
-        init_step=args.init_step if args.init else 0, anneal=tuple(args.anneal) if args.anneal else None,
+        init_step=args.init_step if args.init else 0, anneal=tuple(args.anneal) if args.anneal else None, stop_at=args.stop_at,
     )  # fmt: skip
     torch.set_num_threads(cfg.threads)
     out = Path(args.out)
@@ -263,7 +264,8 @@ def run(args: argparse.Namespace) -> None:
             minutes = (time.time() - start) / 60
             if trainer.step % 25 == 0:
                 print(f"epoch {trainer.epoch} step {trainer.step} lr {trainer.lr():.2e} att {att:.3f} ctc {ctc:.3f} {minutes:.1f} min", flush=True)
-            stop = minutes >= cfg.max_minutes or (cfg.anneal is not None and trainer.step >= cfg.anneal[1])
+            stop = (minutes >= cfg.max_minutes or (cfg.anneal is not None and trainer.step >= cfg.anneal[1])
+                    or (cfg.stop_at is not None and trainer.step >= cfg.stop_at))
             if trainer.step % cfg.eval_every == 0 or stop:
                 _evaluate_and_save(trainer, dev, dev_ids, stats, tokens, out, log, minutes)
             if stop:
@@ -297,6 +299,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="steps between dev scoring and checkpoints")
     p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch intra-op threads")
+    p.add_argument("--stop-at", type=int, help="stop at this step (dev scored, last.pt saved); a later run resumes there")
     p.add_argument("--anneal", type=int, nargs=2, metavar=("FROM", "TO"), help="final phase: the learning rate falls linearly to 0 from step FROM to step TO")
     p.add_argument("--init", help="start from this official-format checkpoint dir (e.g. a published model) instead of random weights")
     p.add_argument("--init-step", type=int, default=0, help="with --init: the step the learning-rate schedule resumes at")
