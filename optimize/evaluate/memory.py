@@ -12,7 +12,7 @@ The sampler costs the process it watches: each read of statm takes that process'
 memory-map lock, and on 2 cores the sampler's wake-ups take a core from a 2-thread
 session (BENCHMARKS 5.3: an int8 decoder step +18-26% with it running). Code that times
 something inside a PeakRss runs the timed part under `paused()`: the sampler then blocks
-on an event (no reads, no wake-ups) until the block ends.
+on an event (no reads; one wake-up a second) until the block ends.
 """
 
 from __future__ import annotations
@@ -73,12 +73,14 @@ def _sampler(pid: int, open_mask, peaks, ready, stop, interval_s: float, samplin
     """Sampler process body: peaks[2i] = max RSS, peaks[2i+1] = max anon while phase i is open.
 
     Each sample is taken holding `reading` and only while `sampling` is set; while it is
-    clear the sampler blocks on it. `count` counts the samples taken.
+    clear the sampler blocks on it (waking once a second to exit if `pid` has died).
+    `count` counts the samples taken.
     """
     ready.set()
     while not stop.is_set():
         if not sampling.is_set():
-            sampling.wait()
+            if not sampling.wait(1.0) and not os.path.exists(f"/proc/{pid}"):
+                return  # the watched process died while paused (killed): no one will resume or stop us
             continue
         with reading:
             if not sampling.is_set():
