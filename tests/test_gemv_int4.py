@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_gemv_int4_variants_run_their_kernels_and_agree_with_fp32(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    gemv = importlib.import_module("gemv_int4")
+def test_gemv_int4_variants_run_their_kernels_and_agree_with_fp32(tmp_path):
+    # loaded by path: a sys.path snapshot restored after the test (monkeypatch.syspath_prepend) would also drop
+    # the directory onnxruntime.transformers appends when the quantizers first import it, breaking later imports
+    spec = importlib.util.spec_from_file_location("gemv_int4", BENCHMARKS / "gemv_int4.py")
+    gemv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gemv)
     out = tmp_path / "gemv.json"
     gemv.main(["--threads", "1", "--copies", "2", "--shapes", "128x96", "--blocks", "32", "64", "--levels", "0", "4",
                "--rounds", "1", "--json", str(out)])  # fmt: skip
