@@ -6,7 +6,8 @@
 # The run was made in pieces over several sessions on 2 shared cores (BENCHMARKS.md section 1.1):
 # each line of SCHEDULE below is one of them, replayed to the step where it stopped (--stop-at), each
 # resuming work/train-v3/last.pt with the learning-rate schedule it had (the rate is a function of
-# the step: --anneal FROM TO falls linearly to 0). The published model is best/ at step 12150.
+# the step: --anneal FROM TO falls linearly to 0). The published model averages best/ (step 12150)
+# and the step-12600 last.pt.
 # Steps take 2-8 s on 2 cores: about 10 h. A stopped replay resumes where last.pt stands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,8 @@ SCHEDULE="6050 6100 6600 50
 7700 7050 7700 150
 11500 7700 11500 150
 12000 11500 16000 150
-12150 11500 13200 150"
+12450 11500 13200 150
+12600 12450 17500 150"
 while read -r stop from to every; do
     if [ "$(step)" -lt "$stop" ]; then
         "${TRAIN[@]}" --anneal "$from" "$to" --eval-every "$every" --stop-at "$stop"
@@ -38,5 +40,8 @@ while read -r stop from to every; do
 done <<< "$SCHEDULE"
 python -c "import json,sys; [print(json.dumps(json.loads(l) | {'phase': 3})) for l in open('work/train-v3/train.log')]" \
     | cat work/phase2/train.log - > work/train-v3/all.log
-python -m optimize.export.publish work/train-v3/best work/pub/firered-aed-tiny --lang work/phase2 \
+# the published weights: the mean of best/ (step 12150, the best greedy dev score) and last.pt (step 12600),
+# chosen with joint decoding on the 120 dev utterances (BENCHMARKS.md section 1.1)
+python -m optimize.export.average work/train-v3/avg work/train-v3/best work/train-v3/last.pt
+python -m optimize.export.publish work/train-v3/avg work/pub/firered-aed-tiny --lang work/phase2 \
     --train-log work/train-v3/all.log --ctc-weight 0.5  # then score it (BENCHMARKS.md 1.1) and copy it over artifacts/

@@ -125,3 +125,36 @@ def test_publish_with_the_ctc_head_writes_firered_asr2(tmp_path):
     assert {p.key: p.value for p in encoder.metadata_props}["ctc_weight"] == "0.5"  # the recognizer's default weight
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"].startswith("FireRedASR2-AED") and manifest["decode"] == {"ctc_weight": 0.5}
+
+
+def test_average_of_a_best_dir_and_a_last_pt(tmp_path):
+    """optimize.export.average: element-wise mean of model and CTC head; the positional tables kept; one-line refusals."""
+    import io
+
+    from optimize.errors import OptimizeError
+    from optimize.export.average import average
+    from optimize.export.train import CTC_HEAD_FILE, _evaluate_and_save
+
+    feats, ids = toy_batch()
+    stats = np.stack([np.r_[np.zeros(80), 10.0], np.r_[np.full(80, 10.0), 0.0]])
+    tokens = tuple(f"t{i}" for i in range(DIMS.odim))
+    a = Trainer(TrainConfig(), DIMS)
+    _evaluate_and_save(a, feats, ids, stats, tokens, tmp_path / "a", io.StringIO(), 0.0)
+    b = Trainer(TrainConfig(seed=2), DIMS)
+    torch.manual_seed(7)
+    for p in list(b.model.parameters()) + list(b.ctc.parameters()):
+        torch.nn.init.normal_(p, std=0.1)
+    torch.save(b.state(), tmp_path / "b.pt")
+    out = average(tmp_path / "avg", [tmp_path / "a" / "best", tmp_path / "b.pt"])
+    got = load_checkpoint(out).model.state_dict()
+    for k, v in a.model.state_dict().items():
+        want = v if k.endswith(".pe") else (v + b.model.state_dict()[k]) / 2
+        torch.testing.assert_close(got[k], want, msg=k)
+    head = torch.load(out / CTC_HEAD_FILE)
+    torch.testing.assert_close(head["ctc.ctc_lo.weight"], (a.ctc.weight + b.ctc.weight).detach() / 2)
+    with pytest.raises(OptimizeError, match="first input must be a checkpoint directory"):
+        average(tmp_path / "x", [tmp_path / "b.pt", tmp_path / "a" / "best"])
+    other = Trainer(TrainConfig(), AedDims(**{**TINY_DIMS, "n_layers_dec": 1}, residual_dropout=0.0, dropout_rate=0.0))
+    torch.save(other.state(), tmp_path / "other.pt")
+    with pytest.raises(OptimizeError, match="other weights"):
+        average(tmp_path / "y", [tmp_path / "a" / "best", tmp_path / "other.pt"])

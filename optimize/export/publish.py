@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from optimize.errors import OptimizeError
 from optimize.export.checkpoint import load_checkpoint, save_checkpoint
 from optimize.export.exporter import ExportConfig, export_checkpoint
 from optimize.export.model import FireRedAsrAed
@@ -33,7 +34,7 @@ HOW = (
     "phases 1-2 (commit afe3aa0): python -m optimize.corpus synth (corpus_version 1: train seed 1, 12000 utts; "
     "dev seed 2, 200 utts), python -m optimize.corpus tokenizer, python -m optimize.export.train; phase 3: "
     "python -m optimize.corpus synth (corpus_version 2, recording conditions: train seed 1, 3451 utts; dev seed 2), "
-    "python -m optimize.export.train --init <phase 2 model>; python -m optimize.export.publish; "
+    "python -m optimize.export.train --init <phase 2 model> (resumed pieces), python -m optimize.export.average; python -m optimize.export.publish; "
     "see calibration/README.md and artifacts/README.md (artifacts/reproduce.sh, artifacts/train_conditions.sh)"
 )
 
@@ -86,7 +87,12 @@ def main() -> None:
     p.add_argument("--train-log", type=Path, default=None, help="train.log (dev error per evaluation) to record")
     p.add_argument("--ctc-weight", type=float, default=None, help="with a CTC head: the joint-decoding weight to recommend (chosen on dev)")
     a = p.parse_args()
-    print(publish(a.ckpt_dir, a.out_dir, a.lang, a.train_log, a.ctc_weight))
+    if a.lang is not None and not (a.lang / "train_bpe.model").is_file():
+        p.error(f"--lang {a.lang} holds no train_bpe.model (pass the directory of the model's tokenizer)")
+    try:
+        print(publish(a.ckpt_dir, a.out_dir, a.lang, a.train_log, a.ctc_weight))
+    except OptimizeError as e:  # e.g. a recommended ctc_weight for a checkpoint without the CTC head
+        p.error(str(e))
 
 
 if __name__ == "__main__":

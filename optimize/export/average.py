@@ -1,0 +1,69 @@
+"""Average the weights of training checkpoints into one official-format checkpoint (with its CTC head).
+
+    python -m optimize.export.average OUT work/train-v3/best work/snap/last-12600.pt ...
+
+Each input is a checkpoint directory as training's `best/` (official format, plus `ctc_head.pt`
+when trained with the CTC head) or a resumable `last.pt` of optimize.export.train. The result
+holds the element-wise mean of every weight (and of the CTC heads, when every input has one),
+the first input's dims, CMVN and tokens, and is what `optimize.export.publish` takes. Averaging
+the last checkpoints of a run is the standard cheap gain for attention models trained this way;
+which inputs to average is chosen on dev (BENCHMARKS.md section 1.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from optimize.errors import OptimizeError
+from optimize.export.checkpoint import load_checkpoint, save_checkpoint
+from optimize.export.train import CTC_HEAD_FILE
+
+
+def _weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(model state, CTC head under its FireRedASR2 keys or None) of a best/ directory or a last.pt."""
+    if path.is_dir():
+        model = load_checkpoint(path).model.state_dict()
+        head = torch.load(path / CTC_HEAD_FILE, map_location="cpu") if (path / CTC_HEAD_FILE).is_file() else None
+        return model, head
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state:
+        raise OptimizeError(f"{path} is neither a checkpoint directory nor a last.pt of optimize.export.train", "pass best/ directories or last.pt files")
+    head = {f"ctc.ctc_lo.{k}": v for k, v in state["ctc"].items()} if "ctc" in state else None
+    return state["model"], head
+
+
+def average(out_dir: Path, inputs: list[Path]) -> Path:
+    if not inputs or not inputs[0].is_dir():
+        raise OptimizeError("the first input must be a checkpoint directory (its dims, CMVN and tokens are kept)", "pass best/ first")
+    base = load_checkpoint(inputs[0])
+    found = [_weights(p) for p in inputs]
+    keys = set(found[0][0])
+    for p, (model, _) in zip(inputs, found):
+        if set(model) != keys or any(model[k].shape != found[0][0][k].shape for k in keys):
+            raise OptimizeError(f"{p} holds other weights than {inputs[0]}", "average checkpoints of one training run")
+    # positional tables stay the exact float32 sinusoids (load_checkpoint checks them)
+    mean = {k: v if k.endswith(".pe") else sum(m[k].float() for m, _ in found) / len(found) for k, v in base.model.state_dict().items()}
+    base.model.load_state_dict(mean)
+    save_checkpoint(out_dir, base.model, base.cmvn_stats, base.tokens)
+    heads = [h for _, h in found]
+    if all(h is not None for h in heads):
+        torch.save({k: sum(h[k].float() for h in heads) / len(heads) for k in heads[0]}, out_dir / CTC_HEAD_FILE)
+    return out_dir
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("inputs", type=Path, nargs="+", help="best/ directories or last.pt files; the first must be a directory")
+    a = p.parse_args()
+    try:
+        print(average(a.out_dir, a.inputs))
+    except OptimizeError as e:
+        p.error(str(e))
+
+
+if __name__ == "__main__":
+    main()
