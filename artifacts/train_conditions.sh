@@ -6,8 +6,8 @@
 # The run was made in pieces over several sessions on 2 shared cores (BENCHMARKS.md section 1.1):
 # each line of SCHEDULE below is one of them, replayed to the step where it stopped (--stop-at), each
 # resuming work/train-v3/last.pt with the learning-rate schedule it had (the rate is a function of
-# the step: --anneal FROM TO falls linearly to 0). The published model averages best/ (step 12150)
-# and the step-12600 last.pt.
+# the step: --anneal FROM TO falls linearly to 0). The published model averages the states at steps
+# 12600, 12750 and 12900.
 # Steps take 2-8 s on 2 cores: about 10 h. A stopped replay resumes where last.pt stands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,16 +32,20 @@ SCHEDULE="6050 6100 6600 50
 11500 7700 11500 150
 12000 11500 16000 150
 12450 11500 13200 150
-12600 12450 17500 150"
+12600 12450 17500 150
+12750 12450 13800 150
+12900 12450 13800 150"
 while read -r stop from to every; do
     if [ "$(step)" -lt "$stop" ]; then
         "${TRAIN[@]}" --anneal "$from" "$to" --eval-every "$every" --stop-at "$stop"
+        cp work/train-v3/last.pt "work/train-v3/last-$stop.pt"  # the states the published weights average
     fi
 done <<< "$SCHEDULE"
 python -c "import json,sys; [print(json.dumps(json.loads(l) | {'phase': 3})) for l in open('work/train-v3/train.log')]" \
     | cat work/phase2/train.log - > work/train-v3/all.log
-# the published weights: the mean of best/ (step 12150, the best greedy dev score) and last.pt (step 12600),
-# chosen with joint decoding on the 120 dev utterances (BENCHMARKS.md section 1.1)
-python -m optimize.export.average work/train-v3/avg work/train-v3/best work/train-v3/last.pt
+# the published weights: the mean of the states at steps 12600, 12750 and 12900, chosen with joint
+# decoding on the 120 dev utterances (BENCHMARKS.md section 1.1)
+python -m optimize.export.average work/train-v3/avg work/train-v3/last-12600.pt work/train-v3/last-12750.pt \
+    work/train-v3/last-12900.pt --base work/train-v3/best
 python -m optimize.export.publish work/train-v3/avg work/pub/firered-aed-tiny --lang work/phase2 \
     --train-log work/train-v3/all.log --ctc-weight 0.5  # then score it (BENCHMARKS.md 1.1) and copy it over artifacts/

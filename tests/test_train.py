@@ -152,8 +152,10 @@ def test_average_of_a_best_dir_and_a_last_pt(tmp_path):
         torch.testing.assert_close(got[k], want, msg=k)
     head = torch.load(out / CTC_HEAD_FILE)
     torch.testing.assert_close(head["ctc.ctc_lo.weight"], (a.ctc.weight + b.ctc.weight).detach() / 2)
-    with pytest.raises(OptimizeError, match="first input must be a checkpoint directory"):
+    with pytest.raises(OptimizeError, match="no checkpoint directory"):
         average(tmp_path / "x", [tmp_path / "b.pt", tmp_path / "a" / "best"])
+    only_pts = average(tmp_path / "z", [tmp_path / "b.pt", tmp_path / "b.pt"], base_dir=tmp_path / "a" / "best")
+    torch.testing.assert_close(load_checkpoint(only_pts).model.state_dict()["decoder.tgt_word_prj.weight"], b.model.state_dict()["decoder.tgt_word_prj.weight"])
     other = Trainer(TrainConfig(), AedDims(**{**TINY_DIMS, "n_layers_dec": 1}, residual_dropout=0.0, dropout_rate=0.0))
     torch.save(other.state(), tmp_path / "other.pt")
     with pytest.raises(OptimizeError, match="other weights"):

@@ -1,11 +1,12 @@
 """Average the weights of training checkpoints into one official-format checkpoint (with its CTC head).
 
-    python -m optimize.export.average OUT work/train-v3/best work/snap/last-12600.pt ...
+    python -m optimize.export.average OUT work/train-v3/last-12600.pt ... --base work/train-v3/best
 
 Each input is a checkpoint directory as training's `best/` (official format, plus `ctc_head.pt`
 when trained with the CTC head) or a resumable `last.pt` of optimize.export.train. The result
 holds the element-wise mean of every weight (and of the CTC heads, when every input has one),
-the first input's dims, CMVN and tokens, and is what `optimize.export.publish` takes. Averaging
+the dims, CMVN and tokens of `--base` (default: the first input, then a directory), and is what
+`optimize.export.publish` takes. Averaging
 the last checkpoints of a run is the standard cheap gain for attention models trained this way;
 which inputs to average is chosen on dev (BENCHMARKS.md section 1.1).
 """
@@ -35,15 +36,16 @@ def _weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tenso
     return state["model"], head
 
 
-def average(out_dir: Path, inputs: list[Path]) -> Path:
-    if not inputs or not inputs[0].is_dir():
-        raise OptimizeError("the first input must be a checkpoint directory (its dims, CMVN and tokens are kept)", "pass best/ first")
-    base = load_checkpoint(inputs[0])
+def average(out_dir: Path, inputs: list[Path], base_dir: Path | None = None) -> Path:
+    base_dir = base_dir or (inputs[0] if inputs else None)
+    if base_dir is None or not base_dir.is_dir():
+        raise OptimizeError("no checkpoint directory to take dims, CMVN and tokens from", "pass --base DIR (e.g. training's best/), or a directory as the first input")
+    base = load_checkpoint(base_dir)
     found = [_weights(p) for p in inputs]
     keys = set(found[0][0])
     for p, (model, _) in zip(inputs, found):
-        if set(model) != keys or any(model[k].shape != found[0][0][k].shape for k in keys):
-            raise OptimizeError(f"{p} holds other weights than {inputs[0]}", "average checkpoints of one training run")
+        if set(model) != keys or any(model[k].shape != base.model.state_dict()[k].shape for k in keys) or keys != set(base.model.state_dict()):
+            raise OptimizeError(f"{p} holds other weights than {base_dir}", "average checkpoints of one training run")
     # positional tables stay the exact float32 sinusoids (load_checkpoint checks them)
     mean = {k: v if k.endswith(".pe") else sum(m[k].float() for m, _ in found) / len(found) for k, v in base.model.state_dict().items()}
     base.model.load_state_dict(mean)
@@ -57,10 +59,11 @@ def average(out_dir: Path, inputs: list[Path]) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out_dir", type=Path)
-    p.add_argument("inputs", type=Path, nargs="+", help="best/ directories or last.pt files; the first must be a directory")
+    p.add_argument("inputs", type=Path, nargs="+", help="best/ directories or last.pt files")
+    p.add_argument("--base", type=Path, help="checkpoint directory whose dims, CMVN and tokens the result keeps [default: the first input]")
     a = p.parse_args()
     try:
-        print(average(a.out_dir, a.inputs))
+        print(average(a.out_dir, a.inputs, a.base))
     except OptimizeError as e:
         p.error(str(e))
 
