@@ -6,9 +6,9 @@ Each input is a checkpoint directory as training's `best/` (official format, plu
 when trained with the CTC head) or a resumable `last.pt` of optimize.export.train. The result
 holds the element-wise mean of every weight (and of the CTC heads, when every input has one),
 the dims, CMVN and tokens of `--base` (default: the first input, then a directory), and is what
-`optimize.export.publish` takes. Averaging
-the last checkpoints of a run is the standard cheap gain for attention models trained this way;
-which inputs to average is chosen on dev (BENCHMARKS.md section 1.1).
+`optimize.export.publish` takes. Averaging the last checkpoints of a run is the standard cheap gain
+for attention models trained this way; which inputs to average is chosen on dev (BENCHMARKS.md
+section 1.1).
 """
 
 from __future__ import annotations
@@ -41,13 +41,14 @@ def average(out_dir: Path, inputs: list[Path], base_dir: Path | None = None) -> 
     if base_dir is None or not base_dir.is_dir():
         raise OptimizeError("no checkpoint directory to take dims, CMVN and tokens from", "pass --base DIR (e.g. training's best/), or a directory as the first input")
     base = load_checkpoint(base_dir)
+    state = base.model.state_dict()
+    shapes = {k: v.shape for k, v in state.items()}
     found = [_weights(p) for p in inputs]
-    keys = set(found[0][0])
     for p, (model, _) in zip(inputs, found):
-        if set(model) != keys or any(model[k].shape != base.model.state_dict()[k].shape for k in keys) or keys != set(base.model.state_dict()):
+        if {k: v.shape for k, v in model.items()} != shapes:
             raise OptimizeError(f"{p} holds other weights than {base_dir}", "average checkpoints of one training run")
     # positional tables stay the exact float32 sinusoids (load_checkpoint checks them)
-    mean = {k: v if k.endswith(".pe") else sum(m[k].float() for m, _ in found) / len(found) for k, v in base.model.state_dict().items()}
+    mean = {k: v if k.endswith(".pe") else sum(m[k].float() for m, _ in found) / len(found) for k, v in state.items()}
     base.model.load_state_dict(mean)
     save_checkpoint(out_dir, base.model, base.cmvn_stats, base.tokens)
     heads = [h for _, h in found]
