@@ -57,7 +57,7 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -65,9 +65,8 @@ from typing import Callable
 import numpy as np
 
 from optimize import contract
-from optimize.evaluate.memory import GIB, PeakRss, max_rss_bytes
-
-Quiet = Callable[[], AbstractContextManager]  # entered around each load and block of timed runs (PeakRss.paused)
+from optimize.evaluate.bench import Quiet
+from optimize.evaluate.memory import GIB, PeakRss, max_rss_bytes, reset_high_water
 
 VARIANTS = ("int8", "int4dec", "int4ffn", "int8-static")  # our pairs: make_aed_l.py step names
 # ours-int8-spinning: our runtime on the int8 pair with ORT's intra-op spinning on (ORT's and
@@ -313,16 +312,6 @@ def pair_of(name: str, args: argparse.Namespace) -> Path:
     if variant == "int8" and args.int8:
         return args.int8
     return args.root / ("int8-v1" if variant == "v1-int8" else variant)
-
-
-def reset_high_water() -> bool:
-    """Reset this process's VmHWM to its RSS now (Linux >= 4.0), so the next reading is the peak since; False where refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def run_system(name: str, args: argparse.Namespace, x: np.ndarray, mem: PeakRss) -> Timing:

@@ -23,6 +23,9 @@ from typing import Callable
 
 from optimize.errors import OptimizeError
 
+# A context-manager factory entered around a load or a block of timed runs (cpu_benchmark: PeakRss.paused)
+Quiet = Callable[[], AbstractContextManager]
+
 FRAME_SECONDS = 0.01  # fbank frame shift: RTF counts 10 ms of audio per frame
 
 
@@ -72,7 +75,7 @@ class Bench:
     """
 
     def __init__(self, model_dir: str | Path, cfg: BenchConfig | None = None, profile: str | Path | None = None,
-                 quiet: Callable[[], AbstractContextManager] = nullcontext):  # fmt: skip
+                 quiet: Quiet = nullcontext):  # fmt: skip
         # onnxruntime is imported here, not with BenchConfig: the CLI reads BenchConfig's defaults for --help
         from optimize.runtime.binding import BoundPair
         from optimize.runtime.providers import ProviderOptions

@@ -62,6 +62,16 @@ def max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_high_water() -> bool:
+    """Reset this process's VmHWM to its RSS now (Linux >= 4.0), so the next `max_rss_bytes` is the peak since; False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _statm(pid: int | str) -> tuple[int, int]:
     """(resident, resident file-backed + shmem) bytes, from /proc/<pid>/statm."""
     with open(f"/proc/{pid}/statm") as f:

@@ -156,12 +156,12 @@ class PrefixScorer:
         self.x = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T', N, V): per-frame slices are contiguous
         self.utt = np.arange(n).repeat(rows_per_utt)  # (R,): each row's utterance
         self.eos = eos
-        rows = len(self.utt)
-        self.r = np.full((t_len, 2, rows), LOG_ZERO, dtype=np.float32)
-        self.r[:, 1] = np.cumsum(self.x[:, self.utt, BLANK], axis=0)  # the empty hypothesis: blanks only
-        self.psi = np.zeros(rows, dtype=np.float32)
-        self.last = np.full(rows, -1, dtype=np.int64)  # each hypothesis's last token (-1: none yet)
-        self.length = np.zeros(rows, dtype=np.int64)  # tokens in each hypothesis
+        self.blank = self.x[:, self.utt, BLANK]  # (T', R): each row's blank log-prob per frame, gathered once
+        self.r = np.full((t_len, 2, len(self.utt)), LOG_ZERO, dtype=np.float32)
+        self.r[:, 1] = np.cumsum(self.blank, axis=0)  # the empty hypothesis: blanks only
+        self.psi = np.zeros(len(self.utt), dtype=np.float32)
+        self.last = np.full(len(self.utt), -1, dtype=np.int64)  # each hypothesis's last token (-1: none yet)
+        self.length = np.zeros(len(self.utt), dtype=np.int64)  # tokens in each hypothesis
         self._pending: tuple[np.ndarray, np.ndarray] | None = None
 
     def score(self, cands: np.ndarray) -> np.ndarray:
@@ -178,7 +178,7 @@ class PrefixScorer:
         start = max(1, int(self.length.min()))
         for t in range(start, t_len):
             rn[t] = np.logaddexp(rn[t - 1], phi[t - 1]) + xc[t]
-            rb[t] = np.logaddexp(rn[t - 1], rb[t - 1]) + self.x[t, self.utt, BLANK][:, None]
+            rb[t] = np.logaddexp(rn[t - 1], rb[t - 1]) + self.blank[t, :, None]
         terms = phi[start - 1 : -1] + xc[start:]
         psi = np.logaddexp.reduce(np.concatenate([rn[:1], terms]), axis=0) if len(terms) else rn[0]
         psi = np.where(cands == self.eos, np.logaddexp(r[-1, 0], r[-1, 1])[:, None], psi)
