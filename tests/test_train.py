@@ -61,6 +61,19 @@ def test_init_from_saved_model_resumes_schedule(tmp_path):
     assert trainer.lr() == pytest.approx(cfg.peak_lr * (cfg.warmup_steps / 5099) ** 0.5)
 
 
+def test_init_from_continues_a_v2_ctc_head(tmp_path):
+    from optimize.export.model import FireRedAsrAed
+
+    source = FireRedAsrAed(DIMS, with_ctc=True)
+    torch.nn.init.normal_(source.ctc.ctc_lo.weight)
+    stats = np.stack([np.r_[np.zeros(80), 10.0], np.r_[np.full(80, 10.0), 0.0]])
+    save_checkpoint(tmp_path / "ckpt", source, stats, tuple(f"t{i}" for i in range(DIMS.odim)))
+    trainer = Trainer(TrainConfig(init_step=10), DIMS)
+    trainer.init_from(tmp_path / "ckpt")
+    torch.testing.assert_close(trainer.ctc.weight, source.ctc.ctc_lo.weight, rtol=0, atol=0)
+    torch.testing.assert_close(trainer.ctc.bias, source.ctc.ctc_lo.bias, rtol=0, atol=0)
+
+
 def test_init_from_refuses_other_dims(tmp_path):
     source = Trainer(TrainConfig(), DIMS)
     stats = np.stack([np.r_[np.zeros(80), 10.0], np.r_[np.full(80, 10.0), 0.0]])

@@ -149,14 +149,19 @@ class Trainer:
         return rate
 
     def init_from(self, ckpt_dir: Path) -> None:
-        """Start from a saved official-format model (the CTC head, never saved, starts fresh)."""
+        """Start from a saved official-format model; a FireRedASR2 checkpoint's CTC head (`ctc.ctc_lo`)
+        continues too, a FireRedASR-AED one's starts fresh."""
         ckpt = load_checkpoint(ckpt_dir)
         if ckpt.dims != self.dims:
             raise SystemExit(f"--init {ckpt_dir}: dims {ckpt.dims} differ from the training config {self.dims}")
         # weights only: the positional tables stay this model's exact float32 sinusoids (a
         # float16 checkpoint's rounded copies would be trained on, then fail load_checkpoint)
         own = self.model.state_dict()
-        self.model.load_state_dict({k: own[k] if k.endswith(".pe") else v.float() for k, v in ckpt.model.state_dict().items()})
+        weights = ckpt.model.state_dict()
+        head = {k.removeprefix("ctc.ctc_lo."): weights.pop(k).float() for k in list(weights) if k.startswith("ctc.ctc_lo.")}
+        self.model.load_state_dict({k: own[k] if k.endswith(".pe") else v.float() for k, v in weights.items()})
+        if head:
+            self.ctc.load_state_dict(head)
         self.step = self.cfg.init_step
 
     def loss(self, x, x_len, ys_in, ys_out, targets):
