@@ -44,6 +44,16 @@ class Int8Config:
     # graphs to quantize; the others are copied unchanged. Keeping a small decoder fp32 is
     # the cheap fix when int8 logits flip greedy tokens (ort-toolchain.md §3.3, mitigation 5)
     graphs: tuple[str, ...] = ("encoder", "decoder")
+    # MatMuls kept in float because int8 moves the pair's outputs most there: each candidate MatMul
+    # is scored alone on calibration audio (optimize.stages.sensitivity: the divergence of the
+    # decoder's and the CTC head's distributions from float), and the highest scores stay float
+    # while their weights fit in this share of all quantizable weights; 0 = off
+    keep_float_budget: float = 0.0
+    # the audio those scores are measured on: a directory of wav/flac/ogg files or a manifest
+    # (relative to the working directory, as int8_static.calibration); never the eval set
+    calibration: Path = Path("calibration/calib")
+    # calibration utterances scored (the first, in name / manifest order)
+    calibration_samples: int = 8
 
     def __post_init__(self):
         bad = [op for op in self.op_types if op not in DYNAMIC_OPS]
@@ -55,6 +65,12 @@ class Int8Config:
             raise OptimizeError(f"int8.graphs is {list(self.graphs)}", f"name one or both of {', '.join(GRAPHS)}")
         if self.reduce_range not in (True, False, "auto"):
             raise OptimizeError(f"int8.reduce_range is {self.reduce_range!r}", "use true, false or auto (on only without VNNI)")
+        if not 0 <= self.keep_float_budget < 1:
+            raise OptimizeError(f"int8.keep_float_budget is {self.keep_float_budget}", "use a share of the weights in [0, 1), e.g. 0.1; 0 turns it off")
+        if self.calibration_samples < 1:
+            raise OptimizeError(f"int8.calibration_samples is {self.calibration_samples}", "use 1 or more calibration utterances")
+        if self.keep_float_budget and "MatMul" not in self.op_types:
+            raise OptimizeError("int8.keep_float_budget scores MatMuls and int8.op_types has no MatMul", "add MatMul to op_types or set keep_float_budget: 0")
 
 
 Config = Int8Config
@@ -79,7 +95,40 @@ def _check_patterns(src: Path, patterns: tuple[str, ...]) -> None:
             raise OptimizeError(f"int8.nodes_to_exclude pattern {p!r} matches no node", "use node names as in the stage's input graphs (e.g. from Netron)")
 
 
-def _quantize_graph(cfg: Int8Config, reduce_range: bool, record: dict):
+def _keep_float(src: Path, cfg: Int8Config, reduce_range: bool) -> tuple[dict[str, list[str]], dict]:
+    """The MatMuls to keep float by measured sensitivity, per graph, and the record of why."""
+    from optimize import contract
+    from optimize.stages import sensitivity
+    from optimize.stages.int8_static import calibration_audio, calibration_features
+
+    cands = []
+    for role in cfg.graphs:
+        model = graph.load(src / GRAPHS[role])
+        cands += sensitivity.candidates(model, role, set(_excluded(model, cfg.nodes_to_exclude)))
+    if not cands:
+        return {}, {"budget": cfg.keep_float_budget, "nodes": []}
+    files = calibration_audio(cfg.calibration, cfg.calibration_samples)
+    feats = calibration_features(src / contract.ENCODER_FILE, files)
+    prober = sensitivity.Prober(src, cands, feats, cfg.per_channel, reduce_range)
+    scores = {c: prober.divergence({c}) for c in cands}
+    kept = set(sensitivity.choose(scores, cfg.keep_float_budget))
+    total_score, total_weights = sum(scores.values()) or 1.0, sum(c.weights for c in cands)
+    ranked = sorted(cands, key=lambda c: -scores[c])
+    nodes = [{"graph": c.role, "node": c.node, "score": scores[c], "share_of_scores": scores[c] / total_score,
+              "share_of_weights": c.weights / total_weights, "kept_float": c in kept} for c in ranked]  # fmt: skip
+    record = {
+        "budget": cfg.keep_float_budget,
+        "calibration": {"source": str(cfg.calibration), "files": len(files), "frames": sum(f.shape[1] for f in feats)},
+        "score": f"(1 - w) KL of the decoder's next-token distribution (teacher-forced on the float greedy tokens) + w KL of the CTC posteriors, w = ctc_weight {prober.ctc_weight:g}; one MatMul in int8 at a time",
+        "divergence_all_int8": prober.divergence(set(cands)),
+        "divergence_kept_float": prober.divergence(set(cands) - kept),
+        "kept_float_share_of_weights": sum(c.weights for c in kept) / total_weights,
+        "nodes": nodes,
+    }
+    return {role: [c.node for c in ranked if c in kept and c.role == role] for role in cfg.graphs}, record
+
+
+def _quantize_graph(cfg: Int8Config, reduce_range: bool, record: dict, keep_float: dict[str, list[str]]):
     def transform(src: Path, out: Path, role: str) -> list[str]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -89,7 +138,7 @@ def _quantize_graph(cfg: Int8Config, reduce_range: bool, record: dict):
             for f in graph.files_of(src):
                 shutil.copyfile(f, out.parent / f.name)
             return [f"{role} kept in float (int8.graphs)"]
-        excluded = _excluded(model, cfg.nodes_to_exclude)
+        excluded = _excluded(model, cfg.nodes_to_exclude) + keep_float.get(role, [])
         record[role] = {"excluded_nodes": excluded}
         try:
             with scratch_input(src, out.parent, role) as linked:
@@ -121,9 +170,17 @@ def run(src: Path, dst: Path, cfg: Int8Config) -> StageOutput:
     _check_patterns(src, cfg.nodes_to_exclude)
     reduce_range = resolve_reduce_range(cfg.reduce_range, cpu_flags())
     record: dict = {}
-    before, after, notes = transform_pair(src, dst, "int8", _quantize_graph(cfg, reduce_range, record), cfg)
+    keep_float: dict[str, list[str]] = {}
+    if cfg.keep_float_budget:
+        keep_float, record["sensitivity"] = _keep_float(src, cfg, reduce_range)
+    before, after, notes = transform_pair(src, dst, "int8", _quantize_graph(cfg, reduce_range, record, keep_float), cfg)
     for role in after:
         record[role]["quantized"] = {op: after[role].get(op, 0) for op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")}
     if not any(after[r].get("DynamicQuantizeLinear", 0) for r in cfg.graphs):
         notes += ("quantize_dynamic quantized no node",)
+    if cfg.keep_float_budget:
+        sens = record["sensitivity"]
+        kept = sum(len(v) for v in keep_float.values())
+        notes += (f"kept {kept} MatMul(s) float by measured sensitivity ({sens.get('kept_float_share_of_weights', 0):.1%} of the quantizable weights; "
+                  f"calibration divergence {sens.get('divergence_all_int8', 0):.3g} all int8 -> {sens.get('divergence_kept_float', 0):.3g})",)  # fmt: skip
     return StageOutput(before, after, notes, {"reduce_range": reduce_range, **record})

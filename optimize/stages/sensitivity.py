@@ -1,0 +1,205 @@
+"""Which MatMuls dynamic int8 moves the pair's decisions most: a per-MatMul score measured on audio.
+
+One probe graph per graph of the pair: every candidate MatMul (a 2-D constant weight) computes
+both its float output and a simulation of the int8 stage's arithmetic on it (DynamicQuantizeLinear
+-> DequantizeLinear on its input, the weight rounded to symmetric int8 per output channel or per
+tensor), and a boolean graph input per MatMul chooses which of the two flows on. One session per
+graph then scores each MatMul alone: the calibration utterances run with only its flag set, and
+the score is how far the two distributions joint decoding adds move from float:
+
+    (1 - w) x KL(float || probed) of the decoder's next-token distribution, teacher-forced on the
+              float pair's greedy tokens, mean over steps
+    + w     x KL(float || probed) of the CTC posteriors, mean over encoder frames
+
+with w the pair's recommended ctc_weight (0 without a CTC head). An encoder MatMul moves both
+(its cross K/V go through the float decoder); a decoder MatMul the first. Scores add up to a
+fair estimate for several MatMuls, since independent rounding errors add in the divergence to
+first order; `divergence` measures any set of MatMuls together, to check that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from optimize import contract, graph
+from optimize.errors import OptimizeError
+
+FLAG_PREFIX = "int8_probe_flag_"
+MAX_STEPS = 256  # teacher-forced decoder steps per utterance at most
+
+
+@dataclass(frozen=True)
+class Candidate:
+    role: str  # "encoder" | "decoder"
+    node: str  # MatMul node name
+    weights: int  # elements of its constant weight: its share of the int8 work and bytes
+
+
+def candidates(model: onnx.ModelProto, role: str, excluded: set[str]) -> list[Candidate]:
+    """MatMuls with a 2-D float initializer as weight (what quantize_dynamic quantizes with MatMulConstBOnly)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        w = inits.get(n.input[1]) if n.op_type == "MatMul" and len(n.input) == 2 else None
+        if w is not None and len(w.dims) == 2 and w.data_type == TensorProto.FLOAT and n.name not in excluded:
+            out.append(Candidate(role, n.name, int(np.prod(w.dims))))
+    return out
+
+
+def rounded_weight(w: np.ndarray, per_channel: bool, reduce_range: bool) -> np.ndarray:
+    """`w` (K, N) after symmetric int8 rounding, one scale per output column or per tensor, as float."""
+    qmax = 64.0 if reduce_range else 127.0  # onnxruntime.quantization's symmetric int8 ranges
+    absmax = np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max()
+    scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+    return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
+
+
+def probe_graph(model: onnx.ModelProto, cands: list[Candidate], per_channel: bool, reduce_range: bool) -> onnx.ModelProto:
+    """A copy of `model` where each candidate's output is Where(flag_i, int8 simulation, float)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    g = probe.graph
+    inits = {t.name: t for t in g.initializer}
+    taken = {n for node in g.node for n in [*node.input, *node.output]} | set(inits)
+    nodes = {n.name: n for n in g.node}
+    added = []
+    for i, c in enumerate(cands):
+        node = nodes[c.node]
+        x, w_name = node.input
+        y = node.output[0]
+        fname = lambda s: graph.fresh_name(f"{c.node}/int8_probe/{s}", taken)  # noqa: E731
+        y_float, xq, xs, xz, xd, wq, yq = (fname(s) for s in ("float", "xq", "xs", "xz", "xd", "w", "int8"))
+        node.output[0] = y_float
+        w = numpy_helper.to_array(inits[w_name])
+        g.initializer.append(numpy_helper.from_array(rounded_weight(w, per_channel, reduce_range), wq))
+        flag = FLAG_PREFIX + str(i)
+        g.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
+        added += [
+            helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=fname("quantize")),
+            helper.make_node("DequantizeLinear", [xq, xs, xz], [xd], name=fname("dequantize")),
+            helper.make_node("MatMul", [xd, wq], [yq], name=fname("matmul")),
+            helper.make_node("Where", [flag, yq, y_float], [y], name=fname("where")),
+        ]
+    g.node.extend(added)  # onnxruntime sorts the nodes topologically on load
+    return probe
+
+
+def _session(model: onnx.ModelProto, threads: int):
+    import onnxruntime as ort
+
+    if graph.needs_external_data(model):
+        raise OptimizeError("int8.keep_float_budget measures sensitivity in memory, and this graph is over 1.8 GB", "set keep_float_budget: 0 and list nodes in nodes_to_exclude")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = threads, 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _kl(ref_logp: np.ndarray, logp: np.ndarray) -> float:
+    """Mean over rows of KL(exp(ref_logp) || exp(logp)); both log-probs, shape = (rows, V)."""
+    return float((np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1).mean())
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class Prober:
+    """The float pair and its probe graphs on calibration features; scores sets of candidates."""
+
+    def __init__(self, src: Path, cands: list[Candidate], feats: list[np.ndarray], per_channel: bool, reduce_range: bool, threads: int = 1):
+        enc_path, dec_path, _ = contract.model_paths(Path(src))
+        self.cands = cands
+        models = {"encoder": graph.load(enc_path), "decoder": graph.load(dec_path)}
+        meta = contract.parse_metadata(dict(graph.metadata(models["encoder"])), str(enc_path))
+        self.sos, self.eos = int(meta["sos"]), int(meta["eos"])
+        outputs = {o.name for o in models["encoder"].graph.output}
+        self.ctc_weight = float(meta.get("ctc_weight", 0.0)) if contract.CTC_OUTPUT[0] in outputs else 0.0
+        self.sessions = {}
+        self.flags: dict[str, list[str]] = {}
+        for role, model in models.items():
+            own = [c for c in cands if c.role == role]
+            self.sessions[role] = _session(probe_graph(model, own, per_channel, reduce_range), threads)
+            self.flags[role] = [FLAG_PREFIX + str(i) for i in range(len(own))]
+        self.index = {c: i for role in models for i, c in enumerate(c for c in cands if c.role == role)}
+        self.enc_outputs = [n for n, _ in contract.ENCODER_OUTPUTS] + ([contract.CTC_OUTPUT[0]] if self.ctc_weight else [])
+        dec_inputs = {i.name: i for i in self.sessions["decoder"].get_inputs()}
+        self.cache_dims = [d if isinstance(d, int) else None for d in dec_inputs[contract.DECODER_INPUTS[1][0]].shape]
+        self.feats = feats
+        self.reference = [self._encode(f, set()) for f in feats]
+        # the float pair's greedy tokens and per-step log-probs, the teacher-forced path of every probe
+        self.paths, self.ref_logp = [], []
+        for enc in self.reference:
+            tokens, logp = self._decode(enc, set(), None)
+            self.paths.append(tokens)
+            self.ref_logp.append(logp)
+
+    def _feed_flags(self, role: str, on: set[Candidate]) -> dict:
+        on_idx = {self.index[c] for c in on if c.role == role}
+        return {f: np.array(i in on_idx) for i, f in enumerate(self.flags[role])}
+
+    def _encode(self, f: np.ndarray, on: set[Candidate]) -> list[np.ndarray]:
+        (x, _), (x_len, _) = contract.ENCODER_INPUTS
+        feed = {x: f, x_len: np.array([f.shape[1]], dtype=np.int64)} | self._feed_flags("encoder", on)
+        return self.sessions["encoder"].run(self.enc_outputs, feed)
+
+    def _decode(self, enc: list[np.ndarray], on: set[Candidate], path: list[int] | None, steps: int = 0) -> tuple[list[int], np.ndarray]:
+        """Greedy (path None) or `steps` steps teacher-forced on `path`; returns the tokens fed after sos and the log-probs per step."""
+        cross_k, cross_v = enc[0], enc[1]
+        layers, _, frames, _ = cross_k.shape
+        fixed = self.cache_dims[2]
+        if path is None:
+            steps = min(frames, MAX_STEPS, fixed or MAX_STEPS)
+        length = fixed or steps + 1
+        dims = [layers, 1, length, self.cache_dims[3], self.cache_dims[4]]
+        k = np.zeros(dims, dtype=np.float32)
+        v = np.zeros_like(k)
+        names = [n for n, _ in contract.DECODER_INPUTS]
+        outs = [n for n, _ in contract.DECODER_OUTPUTS]
+        flags = self._feed_flags("decoder", on)
+        token, tokens, logps = self.sos, [], []
+        for t in range(steps):
+            feed = dict(zip(names, [np.array([[token]], dtype=np.int64), k, v, cross_k, cross_v, np.array([t], dtype=np.int64)])) | flags
+            logits, k, v = self.sessions["decoder"].run(outs, feed)
+            logps.append(_log_softmax(logits[:, -1].astype(np.float32)))
+            if path is None:
+                token = int(logits[0, -1].argmax())
+                if token == self.eos:
+                    break
+                tokens.append(token)
+            elif t < len(path):
+                token = path[t]
+        return tokens if path is None else list(path), np.concatenate(logps)
+
+    def divergence(self, on: set[Candidate]) -> float:
+        """The score of running the MatMuls in `on` as int8 together (the rest float), on every utterance."""
+        enc_on = any(c.role == "encoder" for c in on)
+        attn = ctc = 0.0
+        steps = frames = 0
+        for f, ref, path, ref_logp in zip(self.feats, self.reference, self.paths, self.ref_logp):
+            enc = self._encode(f, on) if enc_on else ref
+            _, logp = self._decode(enc, on, path, len(ref_logp))
+            attn += _kl(ref_logp, logp) * len(logp)
+            steps += len(logp)
+            if self.ctc_weight:
+                valid = (f.shape[1] + 3) // 4  # encoder frames, the official mask rule
+                ctc += _kl(ref[2][0, :valid], enc[2][0, :valid]) * valid
+                frames += valid
+        w = self.ctc_weight
+        return (1 - w) * attn / max(steps, 1) + (w * ctc / max(frames, 1) if w else 0.0)
+
+
+def choose(scores: dict[Candidate, float], budget: float) -> list[Candidate]:
+    """Highest scores first, while their weights fit in `budget` x all candidates' weights; ties keep graph order."""
+    total = sum(c.weights for c in scores)
+    kept, used = [], 0
+    for c in sorted(scores, key=lambda c: -scores[c]):
+        if scores[c] > 0 and used + c.weights <= budget * total:
+            kept.append(c)
+            used += c.weights
+    return kept
