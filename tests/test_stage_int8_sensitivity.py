@@ -41,7 +41,7 @@ def test_probe_graph_is_float_with_flags_off_and_the_int8_stage_with_flags_on(ti
     cands = sensitivity.candidates(enc, "encoder", set())
     assert cands and all(c.weights > 0 for c in cands)
     int8.run(tiny_pair_v2, tmp_path / "q", int8.Int8Config(per_channel=True, reduce_range=False, graphs=("encoder",)))
-    probe = sensitivity._session(sensitivity.probe_graph(enc, cands, per_channel=True, reduce_range=False), 1)
+    probe = sensitivity._session(sensitivity.probe_graph(enc, cands, sensitivity.Rounding(8, per_channel=True, reduce_range=False)), 1)
     flags = [i.name for i in probe.get_inputs() if i.name.startswith(sensitivity.FLAG_PREFIX)]
     assert len(flags) == len(cands)
     x = _feats(1)[0]
@@ -57,7 +57,8 @@ def test_probe_graph_is_float_with_flags_off_and_the_int8_stage_with_flags_on(ti
 def test_choose_takes_the_highest_scores_within_the_budget():
     a, b, c, d = (sensitivity.Candidate("encoder", n, w) for n, w in (("a", 10), ("b", 60), ("c", 20), ("d", 10)))
     scores = {a: 5.0, b: 4.0, c: 3.0, d: 0.0}
-    assert sensitivity.choose(scores, 0.35) == [a, c]  # b does not fit in 35 of 100 weights; d scores nothing
+    assert sensitivity.choose(scores, 0.35) == [a, c]  # by score per weight: a 0.5, c 0.15, b 0.07; d scores nothing
+    assert sensitivity.choose(scores, 0.75) == [a, c]  # b does not fit in 75 of 100 weights after a and c
     assert sensitivity.choose(scores, 0.0) == []
 
 
@@ -81,10 +82,11 @@ def test_keep_float_budget_keeps_the_planted_matmul_float_and_records_why(plante
     out = int8.run(planted, tmp_path / "out", cfg)
     sens = out.details["sensitivity"]
     nodes = sens["nodes"]
-    assert nodes[0]["node"] == PLANTED and nodes[0]["graph"] == "decoder" and nodes[0]["kept_float"]
-    assert [n["score"] for n in nodes] == sorted((n["score"] for n in nodes), reverse=True)
-    assert sum(n["share_of_weights"] for n in nodes if n["kept_float"]) <= 0.1 + 1e-9
-    assert sens["divergence_kept_float"] < sens["divergence_all_int8"]
+    assert nodes[0]["node"] == PLANTED and nodes[0]["graph"] == "decoder" and nodes[0]["chosen"]
+    density = [n["share_of_scores"] / n["share_of_weights"] for n in nodes]
+    assert density == sorted(density, reverse=True)
+    assert sum(n["share_of_weights"] for n in nodes if n["chosen"]) <= 0.1 + 1e-9
+    assert sens["divergence_chosen_left_out"] < sens["divergence_all_quantized"]
     assert PLANTED in out.details["decoder"]["excluded_nodes"]
     left = {n.name for n in graph.load(tmp_path / "out" / "decoder.onnx").graph.node if n.op_type == "MatMul"}
     assert PLANTED in left  # still a float MatMul in the output
@@ -96,3 +98,19 @@ def test_keep_float_budget_config_errors():
         int8.Int8Config(keep_float_budget=1.5)
     with pytest.raises(OptimizeError, match="calibration_samples"):
         int8.Int8Config(keep_float_budget=0.1, calibration_samples=0)
+
+
+def test_int4_excluded_budget_leaves_the_measured_matmuls_as_int8(planted, tmp_path):
+    """The weight-only stages take the same budget: the chosen MatMuls become `excluded_as`, the rest 4-bit."""
+    from optimize.stages import int4_weight_only
+
+    cfg = int4_weight_only.Int4WeightOnlyConfig(excluded_budget=0.3, excluded_as="int8", calibration=CALIB, calibration_samples=1)
+    out = int4_weight_only.run(planted, tmp_path / "out", cfg)
+    chosen = [n["node"] for n in out.details["sensitivity"]["nodes"] if n["chosen"]]
+    assert PLANTED in chosen and set(chosen) == set(out.details["decoder"]["int8_nodes"])
+    dec = graph.load(tmp_path / "out" / "decoder.onnx")
+    nbit = {n.name for n in dec.graph.node if n.op_type == "MatMulNBits"}
+    assert nbit and not nbit & set(chosen)
+    assert any("by measured sensitivity" in note for note in out.notes)
+    with pytest.raises(OptimizeError, match="excluded_budget"):
+        int4_weight_only.Int4WeightOnlyConfig(excluded_budget=-0.1)

@@ -58,6 +58,8 @@ STAGE_DEPENDS = {
     "reexport": ("optimize.export.lift", "optimize.export.exporter", "optimize.export.model", "optimize.export.checkpoint",
                  "optimize.runtime.features", "optimize.contract", "optimize.evaluate.parity"),  # fmt: skip
     "int8": ("optimize.stages.sensitivity", "optimize.stages.int8_static"),  # keep_float_budget's scores and calibration audio
+    "int8_weight_only": ("optimize.stages.nbits", "optimize.stages.sensitivity", "optimize.stages.int8_static"),
+    "int4_weight_only": ("optimize.stages.nbits", "optimize.stages.sensitivity", "optimize.stages.int8_static"),
 }
 
 @dataclass(frozen=True)

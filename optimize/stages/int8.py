@@ -97,9 +97,7 @@ def _check_patterns(src: Path, patterns: tuple[str, ...]) -> None:
 
 def _keep_float(src: Path, cfg: Int8Config, reduce_range: bool) -> tuple[dict[str, list[str]], dict]:
     """The MatMuls to keep float by measured sensitivity, per graph, and the record of why."""
-    from optimize import contract
     from optimize.stages import sensitivity
-    from optimize.stages.int8_static import calibration_audio, calibration_features
 
     cands = []
     for role in cfg.graphs:
@@ -107,25 +105,9 @@ def _keep_float(src: Path, cfg: Int8Config, reduce_range: bool) -> tuple[dict[st
         cands += sensitivity.candidates(model, role, set(_excluded(model, cfg.nodes_to_exclude)))
     if not cands:
         return {}, {"budget": cfg.keep_float_budget, "nodes": []}
-    files = calibration_audio(cfg.calibration, cfg.calibration_samples)
-    feats = calibration_features(src / contract.ENCODER_FILE, files)
-    prober = sensitivity.Prober(src, cands, feats, cfg.per_channel, reduce_range)
-    scores = {c: prober.divergence({c}) for c in cands}
-    kept = set(sensitivity.choose(scores, cfg.keep_float_budget))
-    total_score, total_weights = sum(scores.values()) or 1.0, sum(c.weights for c in cands)
-    ranked = sorted(cands, key=lambda c: -scores[c])
-    nodes = [{"graph": c.role, "node": c.node, "score": scores[c], "share_of_scores": scores[c] / total_score,
-              "share_of_weights": c.weights / total_weights, "kept_float": c in kept} for c in ranked]  # fmt: skip
-    record = {
-        "budget": cfg.keep_float_budget,
-        "calibration": {"source": str(cfg.calibration), "files": len(files), "frames": sum(f.shape[1] for f in feats)},
-        "score": f"(1 - w) KL of the decoder's next-token distribution (teacher-forced on the float greedy tokens) + w KL of the CTC posteriors, w = ctc_weight {prober.ctc_weight:g}; one MatMul in int8 at a time",
-        "divergence_all_int8": prober.divergence(set(cands)),
-        "divergence_kept_float": prober.divergence(set(cands) - kept),
-        "kept_float_share_of_weights": sum(c.weights for c in kept) / total_weights,
-        "nodes": nodes,
-    }
-    return {role: [c.node for c in ranked if c in kept and c.role == role] for role in cfg.graphs}, record
+    rounding = sensitivity.Rounding(8, cfg.per_channel, reduce_range)
+    kept, record = sensitivity.measure(src, cands, rounding, cfg.calibration, cfg.calibration_samples, cfg.keep_float_budget)
+    return {role: [n["node"] for n in record["nodes"] if n["chosen"] and n["graph"] == role] for role in cfg.graphs}, record
 
 
 def _quantize_graph(cfg: Int8Config, reduce_range: bool, record: dict, keep_float: dict[str, list[str]]):
@@ -181,6 +163,6 @@ def run(src: Path, dst: Path, cfg: Int8Config) -> StageOutput:
     if cfg.keep_float_budget:
         sens = record["sensitivity"]
         kept = sum(len(v) for v in keep_float.values())
-        notes += (f"kept {kept} MatMul(s) float by measured sensitivity ({sens.get('kept_float_share_of_weights', 0):.1%} of the quantizable weights; "
-                  f"calibration divergence {sens.get('divergence_all_int8', 0):.3g} all int8 -> {sens.get('divergence_kept_float', 0):.3g})",)  # fmt: skip
+        notes += (f"kept {kept} MatMul(s) float by measured sensitivity ({sens.get('chosen_share_of_weights', 0):.1%} of the quantizable weights; "
+                  f"calibration divergence {sens.get('divergence_all_quantized', 0):.3g} all int8 -> {sens.get('divergence_chosen_left_out', 0):.3g})",)  # fmt: skip
     return StageOutput(before, after, notes, {"reduce_range": reduce_range, **record})

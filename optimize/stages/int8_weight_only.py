@@ -33,8 +33,17 @@ class Int8WeightOnlyConfig:
     # graphs to quantize; the others are copied unchanged
     graphs: tuple[str, ...] = ("encoder", "decoder")
 
+    # MatMuls left out (as excluded_as) because the n-bit blocks move the pair's outputs most there:
+    # each candidate is scored alone on calibration audio (optimize.stages.sensitivity), and the
+    # highest scores are left out while their weights fit in this share of the candidates'; 0 = off
+    excluded_budget: float = 0.0
+    # the audio the scores are measured on: a directory of audio files or a manifest (relative to
+    # the working directory, as int8_static.calibration); never the eval set
+    calibration: Path = Path("calibration/calib")
+    calibration_samples: int = 8
+
     def __post_init__(self):
-        nbits.check_config("int8_weight_only", self.block_size, self.accuracy_level, self.graphs, self.excluded_as)
+        nbits.check_config("int8_weight_only", self.block_size, self.accuracy_level, self.graphs, self.excluded_as, self.excluded_budget, self.calibration_samples)
 
 
 Config = Int8WeightOnlyConfig

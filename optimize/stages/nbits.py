@@ -40,8 +40,13 @@ def quantizer():
 EXCLUDED_AS = ("float", "int8")
 
 
-def check_config(stage: str, block_size: int, accuracy_level: int, graphs: tuple[str, ...], excluded_as: str = "float") -> None:
+def check_config(stage: str, block_size: int, accuracy_level: int, graphs: tuple[str, ...], excluded_as: str = "float",
+                 excluded_budget: float = 0.0, calibration_samples: int = 1) -> None:  # fmt: skip
     """The checks both weight-only configs make, with the stage's name in the message."""
+    if not 0 <= excluded_budget < 1:
+        raise OptimizeError(f"{stage}.excluded_budget is {excluded_budget}", "use a share of the weights in [0, 1), e.g. 0.4; 0 turns it off")
+    if calibration_samples < 1:
+        raise OptimizeError(f"{stage}.calibration_samples is {calibration_samples}", "use 1 or more calibration utterances")
     if excluded_as not in EXCLUDED_AS:
         raise OptimizeError(f"{stage}.excluded_as is {excluded_as!r}", f"use one of {', '.join(EXCLUDED_AS)}")
     if block_size < 16 or block_size & (block_size - 1):
@@ -61,15 +66,40 @@ def run_pair(src: Path, dst: Path, stage: str, bits: int, cfg) -> StageOutput:
             raise OptimizeError(f"{stage}.nodes_to_exclude pattern {p!r} matches no node", "use node names as in the stage's input graphs")
     quantizer()  # fail before writing anything when onnx-ir is missing
     record: dict = {}
-    before, after, notes = transform_pair(src, dst, stage, _transform(stage, bits, cfg, record), cfg)
+    chosen: dict[str, list[str]] = {}
+    if cfg.excluded_budget:
+        chosen, record["sensitivity"] = _sensitive(src, bits, cfg)
+    before, after, notes = transform_pair(src, dst, stage, _transform(stage, bits, cfg, record, chosen), cfg)
     for role in after:
         record[role]["MatMulNBits"] = after[role].get("MatMulNBits", 0)
     if not any(after[r].get("MatMulNBits", 0) for r in cfg.graphs):
         notes += ("no MatMul had a constant weight to quantize",)
+    if cfg.excluded_budget:
+        sens = record["sensitivity"]
+        notes += (f"left {sum(len(v) for v in chosen.values())} MatMul(s) out of {bits}-bit as {cfg.excluded_as} by measured sensitivity "
+                  f"({sens.get('chosen_share_of_weights', 0):.1%} of the weights; calibration divergence "
+                  f"{sens.get('divergence_all_quantized', 0):.3g} all {bits}-bit -> {sens.get('divergence_chosen_left_out', 0):.3g})",)  # fmt: skip
     return StageOutput(before, after, notes, record)
 
 
-def _transform(stage: str, bits: int, cfg, record: dict):
+def _sensitive(src: Path, bits: int, cfg) -> tuple[dict[str, list[str]], dict]:
+    """The MatMuls that n-bit blocks move the pair's outputs most, within cfg.excluded_budget of the weights (optimize.stages.sensitivity)."""
+    from optimize.stages import sensitivity
+
+    cands = []
+    for role in cfg.graphs:
+        model = graph.load(src / GRAPHS[role])
+        excluded = {n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, p) for p in cfg.nodes_to_exclude)}
+        cands += sensitivity.candidates(model, role, excluded)
+    if not cands:
+        return {}, {"budget": cfg.excluded_budget, "nodes": []}
+    # accuracy_level 4 rounds each input block to int8; the probe rounds the input per tensor (coarser: an upper bound)
+    rounding = sensitivity.Rounding(bits, block_size=cfg.block_size, quantize_input=cfg.accuracy_level == 4)
+    _, record = sensitivity.measure(src, cands, rounding, cfg.calibration, cfg.calibration_samples, cfg.excluded_budget)
+    return {role: [n["node"] for n in record["nodes"] if n["chosen"] and n["graph"] == role] for role in cfg.graphs}, record
+
+
+def _transform(stage: str, bits: int, cfg, record: dict, chosen: dict[str, list[str]]):
     def transform(src: Path, out: Path, role: str) -> list[str]:
         if role not in cfg.graphs:
             record[role] = {"excluded_nodes": f"all (not in {stage}.graphs)"}
@@ -78,7 +108,7 @@ def _transform(stage: str, bits: int, cfg, record: dict):
             return [f"{role} kept as it was ({stage}.graphs)"]
         algo_class, quantizer_class = quantizer()
         model = graph.load(src)
-        excluded = [n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, p) for p in cfg.nodes_to_exclude)]
+        excluded = [n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, p) for p in cfg.nodes_to_exclude)] + chosen.get(role, [])
         kwargs = dict(block_size=cfg.block_size, is_symmetric=cfg.is_symmetric, accuracy_level=cfg.accuracy_level, bits=bits)
         try:
             q = quantizer_class(model, nodes_to_exclude=excluded, algo_config=algo_class(**kwargs), **kwargs)

@@ -51,6 +51,33 @@ def candidates(model: onnx.ModelProto, role: str, excluded: set[str]) -> list[Ca
     return out
 
 
+@dataclass(frozen=True)
+class Rounding:
+    """The arithmetic a stage gives a MatMul, as the probe simulates it."""
+
+    bits: int = 8  # 8: symmetric int8 per output channel or per tensor (int8); 4 or 8 with block_size: MatMulNBits blocks
+    per_channel: bool = True  # bits 8 without block_size: one scale per output column, else per tensor
+    reduce_range: bool = False  # 7-bit int8 weights (int8 without VNNI)
+    block_size: int = 0  # > 0: symmetric blocks of this many weights along K (MatMulNBits), one scale each
+    quantize_input: bool = True  # the input rounded to uint8 by DynamicQuantizeLinear (int8; MatMulNBits accuracy_level 4)
+
+    def weight(self, w: np.ndarray) -> np.ndarray:
+        if not self.block_size:
+            return rounded_weight(w, self.per_channel, self.reduce_range)
+        return rounded_blocks(w, self.bits, self.block_size)
+
+
+def rounded_blocks(w: np.ndarray, bits: int, block_size: int) -> np.ndarray:
+    """`w` (K, N) rounded to symmetric `bits`-bit blocks of `block_size` along K, as float (MatMulNBits, approximately)."""
+    k, n = w.shape
+    pad = -k % block_size
+    b = np.pad(w, ((0, pad), (0, 0))).reshape(-1, block_size, n)
+    qmax = float((1 << (bits - 1)) - 1)
+    absmax = np.abs(b).max(axis=1, keepdims=True)
+    scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+    return (np.clip(np.round(b / scale), -qmax, qmax) * scale).reshape(-1, n)[:k].astype(np.float32)
+
+
 def rounded_weight(w: np.ndarray, per_channel: bool, reduce_range: bool) -> np.ndarray:
     """`w` (K, N) after symmetric int8 rounding, one scale per output column or per tensor, as float."""
     qmax = 64.0 if reduce_range else 127.0  # onnxruntime.quantization's symmetric int8 ranges
@@ -59,8 +86,8 @@ def rounded_weight(w: np.ndarray, per_channel: bool, reduce_range: bool) -> np.n
     return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
 
 
-def probe_graph(model: onnx.ModelProto, cands: list[Candidate], per_channel: bool, reduce_range: bool) -> onnx.ModelProto:
-    """A copy of `model` where each candidate's output is Where(flag_i, int8 simulation, float)."""
+def probe_graph(model: onnx.ModelProto, cands: list[Candidate], rounding: Rounding) -> onnx.ModelProto:
+    """A copy of `model` where each candidate's output is Where(flag_i, the stage's arithmetic simulated, float)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     g = probe.graph
@@ -76,13 +103,16 @@ def probe_graph(model: onnx.ModelProto, cands: list[Candidate], per_channel: boo
         y_float, xq, xs, xz, xd, wq, yq = (fname(s) for s in ("float", "xq", "xs", "xz", "xd", "w", "int8"))
         node.output[0] = y_float
         w = numpy_helper.to_array(inits[w_name])
-        g.initializer.append(numpy_helper.from_array(rounded_weight(w, per_channel, reduce_range), wq))
+        g.initializer.append(numpy_helper.from_array(rounding.weight(w), wq))
         flag = FLAG_PREFIX + str(i)
         g.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
+        if rounding.quantize_input:
+            added += [
+                helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=fname("quantize")),
+                helper.make_node("DequantizeLinear", [xq, xs, xz], [xd], name=fname("dequantize")),
+            ]
         added += [
-            helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=fname("quantize")),
-            helper.make_node("DequantizeLinear", [xq, xs, xz], [xd], name=fname("dequantize")),
-            helper.make_node("MatMul", [xd, wq], [yq], name=fname("matmul")),
+            helper.make_node("MatMul", [xd if rounding.quantize_input else x, wq], [yq], name=fname("matmul")),
             helper.make_node("Where", [flag, yq, y_float], [y], name=fname("where")),
         ]
     g.node.extend(added)  # onnxruntime sorts the nodes topologically on load
@@ -93,7 +123,7 @@ def _session(model: onnx.ModelProto, threads: int):
     import onnxruntime as ort
 
     if graph.needs_external_data(model):
-        raise OptimizeError("int8.keep_float_budget measures sensitivity in memory, and this graph is over 1.8 GB", "set keep_float_budget: 0 and list nodes in nodes_to_exclude")
+        raise OptimizeError("the sensitivity budget is measured in memory, and this graph is over 1.8 GB", "set the stage's budget to 0 and list nodes in nodes_to_exclude")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.log_severity_level = threads, 3
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -112,7 +142,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 class Prober:
     """The float pair and its probe graphs on calibration features; scores sets of candidates."""
 
-    def __init__(self, src: Path, cands: list[Candidate], feats: list[np.ndarray], per_channel: bool, reduce_range: bool, threads: int = 1):
+    def __init__(self, src: Path, cands: list[Candidate], feats: list[np.ndarray], rounding: Rounding, threads: int = 1):
         enc_path, dec_path, _ = contract.model_paths(Path(src))
         self.cands = cands
         models = {"encoder": graph.load(enc_path), "decoder": graph.load(dec_path)}
@@ -124,7 +154,7 @@ class Prober:
         self.flags: dict[str, list[str]] = {}
         for role, model in models.items():
             own = [c for c in cands if c.role == role]
-            self.sessions[role] = _session(probe_graph(model, own, per_channel, reduce_range), threads)
+            self.sessions[role] = _session(probe_graph(model, own, rounding), threads)
             self.flags[role] = [FLAG_PREFIX + str(i) for i in range(len(own))]
         self.index = {c: i for role in models for i, c in enumerate(c for c in cands if c.role == role)}
         self.enc_outputs = [n for n, _ in contract.ENCODER_OUTPUTS] + ([contract.CTC_OUTPUT[0]] if self.ctc_weight else [])
@@ -195,11 +225,38 @@ class Prober:
 
 
 def choose(scores: dict[Candidate, float], budget: float) -> list[Candidate]:
-    """Highest scores first, while their weights fit in `budget` x all candidates' weights; ties keep graph order."""
+    """Most score per weight first (the greedy answer to "least divergence left for this many weights"),
+    while their weights fit in `budget` x all candidates' weights; ties keep graph order."""
     total = sum(c.weights for c in scores)
     kept, used = [], 0
-    for c in sorted(scores, key=lambda c: -scores[c]):
+    for c in sorted(scores, key=lambda c: -scores[c] / c.weights):
         if scores[c] > 0 and used + c.weights <= budget * total:
             kept.append(c)
             used += c.weights
     return kept
+
+
+def measure(src: Path, cands: list[Candidate], rounding: Rounding, calibration: Path, samples: int, budget: float) -> tuple[set[Candidate], dict]:
+    """Score every candidate alone on `samples` utterances of `calibration`, choose within `budget`; the chosen and the record of why."""
+    from optimize.stages.int8_static import calibration_audio, calibration_features
+
+    files = calibration_audio(calibration, samples)
+    feats = calibration_features(Path(src) / contract.ENCODER_FILE, files)
+    prober = Prober(src, cands, feats, rounding)
+    scores = {c: prober.divergence({c}) for c in cands}
+    chosen = set(choose(scores, budget))
+    total_score, total_weights = sum(scores.values()) or 1.0, sum(c.weights for c in cands)
+    ranked = sorted(cands, key=lambda c: -scores[c] / c.weights)
+    record = {
+        "budget": budget,
+        "calibration": {"source": str(calibration), "files": len(files), "frames": sum(f.shape[1] for f in feats)},
+        "score": (f"(1 - w) KL of the decoder's next-token distribution (teacher-forced on the float greedy tokens) + w KL of the CTC "
+                  f"posteriors, w = ctc_weight {prober.ctc_weight:g}; one MatMul quantized at a time"),
+        "divergence_all_quantized": prober.divergence(set(cands)),
+        "divergence_chosen_left_out": prober.divergence(set(cands) - chosen),
+        "chosen_share_of_weights": sum(c.weights for c in chosen) / total_weights,
+        "order": "score per weight, highest first",
+        "nodes": [{"graph": c.role, "node": c.node, "score": scores[c], "share_of_scores": scores[c] / total_score,
+                   "share_of_weights": c.weights / total_weights, "chosen": c in chosen} for c in ranked],
+    }  # fmt: skip
+    return chosen, record
