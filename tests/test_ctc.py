@@ -114,7 +114,9 @@ def test_audio_times_match_official_asr(default_ckpt_v2, default_pair_v2, wavs):
     # without an alignment both spread the tokens evenly over the audio
     for n, dur in ((5, 1.661), (1, 0.3), (0, 2.0)):
         want = [(s, e) for _, s, e in asr._get_and_fix_timestamp({"timestamp": None}, list(range(5, 5 + n)), dur)]
-        assert list(ctc.audio_times(None, n, dur)) == pytest.approx(want)
+        got = list(ctc.audio_times(None, n, dur))
+        assert len(got) == len(want)
+        assert [t for pair in got for t in pair] == pytest.approx([t for pair in want for t in pair])  # pytest 9: approx takes no nested tuples
 
 
 def test_cli_timestamps(default_pair_v2, wavs, tiny_pair):
