@@ -62,11 +62,11 @@ def features(manifest: Path, model: Path) -> tuple[list[np.ndarray], list[str], 
     return [front.features(load_audio(u.audio)) for u in utts], [u.text for u in utts], [u.lang for u in utts]
 
 
-def decode(model: Path, feats: list[np.ndarray], threads: int = 1) -> tuple[list[tuple[int, ...]], list[str], float]:
+def decode(model: Path, feats: list[np.ndarray], threads: int = 1, beam: int = 1) -> tuple[list[tuple[int, ...]], list[str], float]:
     from optimize.runtime.recognizer import Recognizer
     from optimize.runtime.search import DecodeConfig
 
-    r = Recognizer(model, DecodeConfig(beam_size=1), threads=threads)
+    r = Recognizer(model, DecodeConfig(beam_size=beam), threads=threads)
     start = time.process_time()
     hyps = r.recognize_features(feats)
     return [h.tokens for h in hyps], [h.text for h in hyps], time.process_time() - start
@@ -120,16 +120,17 @@ def main() -> None:
     ap.add_argument("--calibration", type=Path, default=Path("calibration/conditions/calib"), help="audio the budget variants are scored on")
     ap.add_argument("--work", type=Path, default=Path("work/flips"))
     ap.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS)
+    ap.add_argument("--beam", type=int, default=1, help="beam size of every decode (1: greedy, as cpu_int8.yaml; 3: FireRedASR's)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from optimize.evaluate.wer import score
 
     args.work.mkdir(parents=True, exist_ok=True)
     feats, refs, langs = features(args.data, args.model)
-    base_tokens, base_texts, base_cpu = decode(args.model, feats)
+    base_tokens, base_texts, base_cpu = decode(args.model, feats, beam=args.beam)
     base = score(refs, base_texts, langs)["mixed"].rate
     rows = [{"variant": "fp32", "error_rate": base, "changed": 0, "cpu_s": base_cpu}]
-    print(f"{len(feats)} utterances of {args.data}; fp32 {base:.2f}%, decode CPU {base_cpu:.1f} s")
+    print(f"{len(feats)} utterances of {args.data}, beam {args.beam}; fp32 {base:.2f}%, decode CPU {base_cpu:.1f} s")
     fused = fused_pair(args.model, args.work) if any(v != "threads2" and not v.startswith("noise") for v in args.variants) else None
     for v in args.variants:
         pair, threads, inputs = args.model, 1, feats
@@ -142,7 +143,7 @@ def main() -> None:
             inputs = [f + rng.standard_normal(f.shape).astype(np.float32) * float(v.split(":")[1]) for f in feats]
         else:
             pair = int8_pair(fused, args.work, v, args.calibration)
-        tokens, texts, cpu = decode(pair, inputs, threads)
+        tokens, texts, cpu = decode(pair, inputs, threads, args.beam)
         changed = [i for i, (a, b) in enumerate(zip(base_tokens, tokens)) if a != b]
         rate = score(refs, texts, langs)["mixed"].rate
         rows.append({"variant": v, "error_rate": rate, "changed": len(changed), "changed_ids": changed, "cpu_s": cpu})
