@@ -130,8 +130,10 @@ def _session(model: onnx.ModelProto, threads: int):
 
 
 def _kl(ref_logp: np.ndarray, logp: np.ndarray) -> float:
-    """Mean over rows of KL(exp(ref_logp) || exp(logp)); both log-probs, shape = (rows, V)."""
-    return float((np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1).mean())
+    """Mean over rows of KL(exp(ref_logp) || exp(logp)); both log-probs, shape = (rows, V).
+
+    Clipped at 0: a saturated softmax (random weights) leaves float32 rounding, which can sum below zero."""
+    return max(0.0, float((np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1).mean()))
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
