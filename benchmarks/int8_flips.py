@@ -16,7 +16,11 @@ the decode's CPU seconds. Variants (`--variants`, default all):
   w8:L           int8_weight_only (8-bit weight blocks of 32, MatMulNBits) at accuracy_level L on both
                  graphs: 4 rounds the inputs per block of 32, 0 computes in float (weight rounding only)
 
-It answers two questions a token-agreement gate raises: is the eval set's agreement limited by
+With --margins it also records each utterance's smallest fp32 decision margin: over the greedy
+joint steps, the gap between the best and the second-best candidate's joint score (log-prob
+units), and compares the utterances each variant changes with those it leaves alone.
+
+It answers the questions a token-agreement gate raises: is the eval set's agreement limited by
 the model's own indecision (do perturbations far smaller than int8's change utterances too?), and
 is it one part of the network or all of it (does int8 on any one group alone change as many?).
 """
@@ -72,6 +76,38 @@ def decode(model: Path, feats: list[np.ndarray], threads: int = 1, beam: int = 1
     return [h.tokens for h in hyps], [h.text for h in hyps], time.process_time() - start
 
 
+def decision_margins(model: Path, feats: list[np.ndarray]) -> np.ndarray:
+    """Per utterance, the smallest gap between the two best joint scores of a greedy step (fp32, batch 1).
+
+    The search's last top-1 over the CTC pre-beam candidates is the decision; `search.topk` is
+    wrapped for the duration to read its input (a diagnostic: the search itself is unchanged).
+    """
+    from optimize.runtime import search
+    from optimize.runtime.recognizer import Recognizer
+    from optimize.runtime.search import DecodeConfig
+
+    gaps: list[float] = []
+    plain = search.topk
+
+    def watched(x: np.ndarray, k: int):
+        if k == 1 and x.shape[1] == search.CTC_PRE_BEAM:  # the joint decision of a beam-1 step
+            top = np.sort(x[0])[::-1]
+            gaps.append(float(top[0] - top[1]))
+        return plain(x, k)
+
+    r = Recognizer(model, DecodeConfig(beam_size=1), threads=1)
+    out = []
+    search.topk = watched
+    try:
+        for f in feats:
+            gaps.clear()
+            r.recognize_features([f])
+            out.append(min(gaps) if gaps else np.inf)
+    finally:
+        search.topk = plain
+    return np.array(out)
+
+
 def fused_pair(model: Path, out: Path) -> Path:
     from optimize.recipe import load_recipe
     from optimize.stages import load_stage
@@ -121,6 +157,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("work/flips"))
     ap.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS)
     ap.add_argument("--beam", type=int, default=1, help="beam size of every decode (1: greedy, as cpu_int8.yaml; 3: FireRedASR's)")
+    ap.add_argument("--margins", action="store_true", help="also each utterance's smallest fp32 joint decision margin (greedy)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from optimize.evaluate.wer import score
@@ -149,8 +186,22 @@ def main() -> None:
         rows.append({"variant": v, "error_rate": rate, "changed": len(changed), "changed_ids": changed, "cpu_s": cpu})
         print(f"{v:28s} {rate:6.2f}% ({rate - base:+.2f})  changed {len(changed):3d}/{len(feats)}  identical {100 - 100 * len(changed) / len(feats):5.1f}%  "
               f"decode CPU {cpu:5.1f} s  {changed}", flush=True)  # fmt: skip
+    margins = None
+    if args.margins:
+        margins = decision_margins(args.model, feats)
+        close = margins < 0.05
+        print(f"fp32 greedy joint decision margin: median {np.median(margins):.3f}; {close.sum()} of {len(feats)} utterances have a step within 0.05")
+        for row in rows[1:]:
+            changed = np.zeros(len(feats), dtype=bool)
+            changed[row["changed_ids"]] = True
+            if changed.any():
+                print(f"{row['variant']:28s} changed: median margin {np.median(margins[changed]):.3f}, {int((close & changed).sum())} of {int(changed.sum())} within 0.05;"
+                      f" unchanged: median {np.median(margins[~changed]):.3f}, {int((close & ~changed).sum())} of {int((~changed).sum())} within 0.05")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"data": str(args.data), "model": str(args.model), "utterances": len(feats), "rows": rows}, indent=1))
+        out = {"data": str(args.data), "model": str(args.model), "utterances": len(feats), "rows": rows}
+        if margins is not None:
+            out["margins"] = margins.tolist()
+        args.json.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
