@@ -47,5 +47,37 @@ python -c "import json,sys; [print(json.dumps(json.loads(l) | {'phase': 3})) for
 # decoding on the 120 dev utterances (BENCHMARKS.md section 1.1)
 python -m optimize.export.average work/train-v3/avg work/train-v3/last-12600.pt work/train-v3/last-12750.pt \
     work/train-v3/last-12900.pt --base work/train-v3/best
-python -m optimize.export.publish work/train-v3/avg work/pub/firered-aed-tiny --lang work/phase2 \
-    --train-log work/train-v3/all.log --ctc-weight 0.5  # then score it (BENCHMARKS.md 1.1) and copy it over artifacts/
+python -m optimize.export.publish work/train-v3/avg work/pub3/firered-aed-tiny --lang work/phase2 \
+    --train-log work/train-v3/all.log --ctc-weight 0.5  # phase 3's default, published at a7c0dbc
+
+# Phase 4 (2026-11-30, session 9): phase 3's published weights (float16, as committed) continue on
+# twice the data, the same corpus with a second draw (seed 3, 6000 utterances) beside it, in
+# three resumed pieces; the anneal was shortened twice to fit the session. It starts from the
+# committed files (as phase 3 from phase 2's), not from the replay above, which is not bit-exact.
+mkdir -p work/phase3/checkpoint
+for f in model.pth.tar cmvn.ark dict.txt train_bpe.model; do
+    git show "2be7bd5:artifacts/firered-aed-tiny/checkpoint/$f" > "work/phase3/checkpoint/$f"
+done
+python -m optimize.corpus synth --split train --count 6000 --seed 3 --out work/corpus/train3 --jobs 2
+python - <<'PY'  # one manifest over both draws (audio paths relative to it, ids kept apart)
+import json
+with open("work/corpus/train-all.jsonl", "w") as out:
+    for d in ("train", "train3"):
+        for line in open(f"work/corpus/{d}/manifest.jsonl"):
+            r = json.loads(line)
+            out.write(json.dumps(r | {"audio": f"{d}/{r['audio']}", "id": f"{d}-{r['id']}"}, ensure_ascii=False) + "\n")
+PY
+TRAIN4=(python -m optimize.export.train --train work/corpus/train-all.jsonl --dev work/corpus/dev/manifest80.jsonl
+    --lang work/phase3/checkpoint --out work/train-v4 --init work/phase3/checkpoint --init-step 12900 --max-minutes 100000 --threads 2)
+step4() { python -c "import torch; print(torch.load('work/train-v4/last.pt', weights_only=False)['step'])" 2>/dev/null || echo 12900; }
+# stop-at anneal-from anneal-to eval-every
+SCHEDULE4="13000 12900 14100 100
+13200 12900 13700 100
+13500 12900 13500 50"
+while read -r stop from to every; do
+    if [ "$(step4)" -lt "$stop" ]; then
+        "${TRAIN4[@]}" --anneal "$from" "$to" --eval-every "$every" --stop-at "$stop"
+    fi
+    cp work/train-v4/last.pt "work/train-v4/last-$stop.pt"
+done <<< "$SCHEDULE4"
+# PHASE4_PUBLISH

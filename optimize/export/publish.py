@@ -35,6 +35,8 @@ HOW = (
     "dev seed 2, 200 utts), python -m optimize.corpus tokenizer, python -m optimize.export.train; phase 3: "
     "python -m optimize.corpus synth (corpus_version 2, recording conditions: train seed 1, 3451 utts; dev seed 2), "
     "python -m optimize.export.train --init <phase 2 model> (resumed pieces), python -m optimize.export.average; python -m optimize.export.publish; "
+    "phase 4: python -m optimize.corpus synth (corpus_version 2: train seed 3, 6000 utts, beside seed 1), "
+    "python -m optimize.export.train --init <phase 3 model> (resumed pieces), python -m optimize.export.average; python -m optimize.export.publish; "
     "see calibration/README.md and artifacts/README.md (artifacts/reproduce.sh, artifacts/train_conditions.sh)"
 )
 
