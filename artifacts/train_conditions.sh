@@ -4,13 +4,31 @@
 # calibration/README.md) with joint CTC-attention training, then publishes it in the FireRedASR2-AED
 # format with the CTC head and the joint-decoding weight chosen on dev (0.5 of 0.3/0.5/0.7).
 # The run was made in pieces over several sessions on 2 shared cores (BENCHMARKS.md section 1.1):
-# each line of SCHEDULE below is one of them, replayed to the step where it stopped (--stop-at), each
+# each schedule line below is one of them, replayed to the step where it stopped (--stop-at), each
 # resuming work/train-v3/last.pt with the learning-rate schedule it had (the rate is a function of
 # the step: --anneal FROM TO falls linearly to 0). Phase 3's model averaged the states at steps
 # 12600, 12750 and 12900; phase 4 (below) continues it on twice the data and is the published model.
 # Steps take 2-11 s on 2 cores: about 11 h. A stopped replay resumes where last.pt stands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# replay OUT FIRST_STEP TRAIN_COMMAND...: each stdin line "stop-at anneal-from anneal-to eval-every" not
+# reached yet (OUT/last.pt's step, FIRST_STEP before any) is run, its state kept as OUT/last-STOP.pt
+replay() {
+    local out=$1 first=$2 at stop from to every
+    shift 2
+    while read -r stop from to every; do
+        at=$(python -c "import torch; print(torch.load('$out/last.pt', weights_only=False)['step'])" 2>/dev/null || echo "$first")
+        if [ "$at" -lt "$stop" ]; then
+            "$@" --anneal "$from" "$to" --eval-every "$every" --stop-at "$stop" < /dev/null
+            cp "$out/last.pt" "$out/last-$stop.pt"  # the states the published weights average
+        fi
+    done
+}
+phase_log() { python -c "import json,sys; [print(json.dumps(json.loads(l) | {'phase': $1})) for l in open('$2')]"; }
+manifest_log() {  # the dev-error log a committed default's manifest holds
+    git show "$1:artifacts/firered-aed-tiny/manifest.json" \
+        | python -c "import json,sys; [print(json.dumps(r)) for r in json.load(sys.stdin)['training_log']]"
+}
 python -m optimize.corpus synth --split train --count 3451 --seed 1 --out work/corpus/train --jobs 2
 python -m optimize.corpus synth --split dev --count 120 --seed 2 --out work/corpus/dev --jobs 2
 head -80 work/corpus/dev/manifest.jsonl > work/corpus/dev/manifest80.jsonl  # dev scoring: its first 80
@@ -18,13 +36,12 @@ mkdir -p work/phase2
 for f in model.pth.tar cmvn.ark dict.txt train_bpe.model; do
     git show "afe3aa0:artifacts/firered-aed-tiny/checkpoint/$f" > "work/phase2/$f"
 done
-git show afe3aa0:artifacts/firered-aed-tiny/manifest.json \
-    | python -c "import json,sys; [print(json.dumps(r)) for r in json.load(sys.stdin)['training_log']]" > work/phase2/train.log
+manifest_log afe3aa0 > work/phase2/train.log
 TRAIN=(python -m optimize.export.train --train work/corpus/train --dev work/corpus/dev/manifest80.jsonl
     --lang work/phase2 --out work/train-v3 --init work/phase2 --init-step 6000 --max-minutes 100000 --threads 2)
-step() { python -c "import torch; print(torch.load('work/train-v3/last.pt', weights_only=False)['step'])" 2>/dev/null || echo 6000; }
 # stop-at anneal-from anneal-to eval-every
-SCHEDULE="6050 6100 6600 50
+replay work/train-v3 6000 "${TRAIN[@]}" <<'EOS'
+6050 6100 6600 50
 6200 6100 6240 50
 6600 6100 10000 150
 7050 6100 7050 150
@@ -34,15 +51,9 @@ SCHEDULE="6050 6100 6600 50
 12450 11500 13200 150
 12600 12450 17500 150
 12750 12450 13800 150
-12900 12450 13800 150"
-while read -r stop from to every; do
-    if [ "$(step)" -lt "$stop" ]; then
-        "${TRAIN[@]}" --anneal "$from" "$to" --eval-every "$every" --stop-at "$stop"
-        cp work/train-v3/last.pt "work/train-v3/last-$stop.pt"  # the states the published weights average
-    fi
-done <<< "$SCHEDULE"
-python -c "import json,sys; [print(json.dumps(json.loads(l) | {'phase': 3})) for l in open('work/train-v3/train.log')]" \
-    | cat work/phase2/train.log - > work/train-v3/all.log
+12900 12450 13800 150
+EOS
+phase_log 3 work/train-v3/train.log | cat work/phase2/train.log - > work/train-v3/all.log
 # the published weights: the mean of the states at steps 12600, 12750 and 12900, chosen with joint
 # decoding on the 120 dev utterances (BENCHMARKS.md section 1.1)
 python -m optimize.export.average work/train-v3/avg work/train-v3/last-12600.pt work/train-v3/last-12750.pt \
@@ -51,7 +62,7 @@ python -m optimize.export.publish work/train-v3/avg work/pub3/firered-aed-tiny -
     --train-log work/train-v3/all.log --ctc-weight 0.5  # phase 3's default, published at a7c0dbc
 
 # Phase 4 (2026-11-30, session 9): phase 3's published weights (float16, as committed) continue on
-# twice the data, the same corpus with a second draw (seed 3, 6000 utterances) beside it, in
+# 2.7 times the data, the same corpus with a second draw (seed 3, 6000 utterances) beside it, in
 # three resumed pieces; the anneal was shortened twice to fit the session. It starts from the
 # committed files (as phase 3 from phase 2's), not from the replay above, which is not bit-exact.
 mkdir -p work/phase3/checkpoint
@@ -69,23 +80,16 @@ with open("work/corpus/train-all.jsonl", "w") as out:
 PY
 TRAIN4=(python -m optimize.export.train --train work/corpus/train-all.jsonl --dev work/corpus/dev/manifest80.jsonl
     --lang work/phase3/checkpoint --out work/train-v4 --init work/phase3/checkpoint --init-step 12900 --max-minutes 100000 --threads 2)
-step4() { python -c "import torch; print(torch.load('work/train-v4/last.pt', weights_only=False)['step'])" 2>/dev/null || echo 12900; }
 # stop-at anneal-from anneal-to eval-every
-SCHEDULE4="13000 12900 14100 100
+replay work/train-v4 12900 "${TRAIN4[@]}" <<'EOS'
+13000 12900 14100 100
 13200 12900 13700 100
 13350 12900 13500 50
 13400 12900 13500 50
 13450 12900 13500 50
-13500 12900 13500 50"
-while read -r stop from to every; do
-    if [ "$(step4)" -lt "$stop" ]; then
-        "${TRAIN4[@]}" --anneal "$from" "$to" --eval-every "$every" --stop-at "$stop"
-    fi
-    cp work/train-v4/last.pt "work/train-v4/last-$stop.pt"
-done <<< "$SCHEDULE4"
-python -c "import json,sys; [print(json.dumps(json.loads(l) | {'phase': 4})) for l in open('work/train-v4/train.log')]" \
-    | cat <(git show 2be7bd5:artifacts/firered-aed-tiny/manifest.json \
-        | python -c "import json,sys; [print(json.dumps(r)) for r in json.load(sys.stdin)['training_log']]") - > work/train-v4/all.log
+13500 12900 13500 50
+EOS
+phase_log 4 work/train-v4/train.log | cat <(manifest_log 2be7bd5) - > work/train-v4/all.log
 # the published weights: the mean of the states at steps 13350-13500 (the run saved them every 50
 # steps; the replay stops at each, so its augmentation draws differ from the run's after 13350),
 # chosen with joint decoding on the 120 dev utterances (BENCHMARKS.md section 1.1)
