@@ -99,15 +99,8 @@ def _keep_float(src: Path, cfg: Int8Config, reduce_range: bool) -> tuple[dict[st
     """The MatMuls to keep float by measured sensitivity, per graph, and the record of why."""
     from optimize.stages import sensitivity
 
-    cands = []
-    for role in cfg.graphs:
-        model = graph.load(src / GRAPHS[role])
-        cands += sensitivity.candidates(model, role, set(_excluded(model, cfg.nodes_to_exclude)))
-    if not cands:
-        return {}, {"budget": cfg.keep_float_budget, "nodes": []}
     rounding = sensitivity.Rounding(8, cfg.per_channel, reduce_range)
-    kept, record = sensitivity.measure(src, cands, rounding, cfg.calibration, cfg.calibration_samples, cfg.keep_float_budget)
-    return {role: [n["node"] for n in record["nodes"] if n["chosen"] and n["graph"] == role] for role in cfg.graphs}, record
+    return sensitivity.select(src, cfg.graphs, cfg.nodes_to_exclude, rounding, cfg.calibration, cfg.calibration_samples, cfg.keep_float_budget)
 
 
 def _quantize_graph(cfg: Int8Config, reduce_range: bool, record: dict, keep_float: dict[str, list[str]]):

@@ -86,17 +86,9 @@ def _sensitive(src: Path, bits: int, cfg) -> tuple[dict[str, list[str]], dict]:
     """The MatMuls that n-bit blocks move the pair's outputs most, within cfg.excluded_budget of the weights (optimize.stages.sensitivity)."""
     from optimize.stages import sensitivity
 
-    cands = []
-    for role in cfg.graphs:
-        model = graph.load(src / GRAPHS[role])
-        excluded = {n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, p) for p in cfg.nodes_to_exclude)}
-        cands += sensitivity.candidates(model, role, excluded)
-    if not cands:
-        return {}, {"budget": cfg.excluded_budget, "nodes": []}
     # accuracy_level 4 rounds each input block to int8; the probe rounds the input per tensor (coarser: an upper bound)
     rounding = sensitivity.Rounding(bits, block_size=cfg.block_size, quantize_input=cfg.accuracy_level == 4)
-    _, record = sensitivity.measure(src, cands, rounding, cfg.calibration, cfg.calibration_samples, cfg.excluded_budget)
-    return {role: [n["node"] for n in record["nodes"] if n["chosen"] and n["graph"] == role] for role in cfg.graphs}, record
+    return sensitivity.select(src, cfg.graphs, cfg.nodes_to_exclude, rounding, cfg.calibration, cfg.calibration_samples, cfg.excluded_budget)
 
 
 def _transform(stage: str, bits: int, cfg, record: dict, chosen: dict[str, list[str]]):

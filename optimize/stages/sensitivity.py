@@ -19,6 +19,7 @@ first order; `divergence` measures any set of MatMuls together, to check that.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,3 +263,19 @@ def measure(src: Path, cands: list[Candidate], rounding: Rounding, calibration: 
                    "share_of_weights": c.weights / total_weights, "chosen": c in chosen} for c in ranked],
     }  # fmt: skip
     return chosen, record
+
+
+def select(src: Path, graphs: tuple[str, ...], patterns: tuple[str, ...], rounding: Rounding, calibration: Path, samples: int,
+           budget: float) -> tuple[dict[str, list[str]], dict]:  # fmt: skip
+    """The MatMuls of `graphs` (those matching no nodes_to_exclude `patterns`) chosen by `measure`, per graph, and the record of why."""
+    from optimize.stages import GRAPHS
+
+    cands = []
+    for role in graphs:
+        model = graph.load(Path(src) / GRAPHS[role])
+        excluded = {n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, p) for p in patterns)}
+        cands += candidates(model, role, excluded)
+    if not cands:
+        return {}, {"budget": budget, "nodes": []}
+    chosen, record = measure(src, cands, rounding, calibration, samples, budget)
+    return {role: [c.node for c in cands if c in chosen and c.role == role] for role in graphs}, record
