@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from optimize.errors import OptimizeError
-from optimize.export.checkpoint import load_checkpoint, save_checkpoint
+from optimize.export.checkpoint import CTC_PREFIX, load_checkpoint, save_checkpoint
 from optimize.export.train import CTC_HEAD_FILE
 
 
@@ -32,7 +32,7 @@ def _weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tenso
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "model" not in state:
         raise OptimizeError(f"{path} is neither a checkpoint directory nor a last.pt of optimize.export.train", "pass best/ directories or last.pt files")
-    head = {f"ctc.ctc_lo.{k}": v for k, v in state["ctc"].items()} if "ctc" in state else None
+    head = {CTC_PREFIX + k: v for k, v in state["ctc"].items()} if "ctc" in state else None
     return state["model"], head
 
 

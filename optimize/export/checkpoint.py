@@ -25,7 +25,8 @@ from optimize.runtime.features import cmvn_stats, read_kaldi_cmvn, write_kaldi_c
 
 CKPT_FILE, CMVN_FILE, DICT_FILE = "model.pth.tar", "cmvn.ark", "dict.txt"
 SPECIAL_TOKENS = ("<blank>", "<unk>", "<pad>", "<sos>", "<eos>")
-CTC_KEYS = ("ctc.ctc_lo.weight", "ctc.ctc_lo.bias")
+CTC_PREFIX = "ctc.ctc_lo."  # FireRedASR2's CTC head: Linear(d_model, odim) under model.ctc.ctc_lo
+CTC_KEYS = (CTC_PREFIX + "weight", CTC_PREFIX + "bias")
 # FireRedASR2's loader is strict=False, and these keys are derivable: the PE tables from the
 # formula (checked by _check_pe when present), the output projection tied to the embedding.
 _DERIVABLE_V2_KEYS = ("encoder.positional_encoding.pe", "decoder.positional_encoding.pe", "decoder.tgt_word_prj.weight")
@@ -106,7 +107,7 @@ def _release(state: dict, where: Path, dims: AedDims) -> int:
     if len(present) < len(CTC_KEYS):
         missing = [k for k in CTC_KEYS if k not in state]
         raise OptimizeError(f"{where}: FireRedASR2 checkpoint with an incomplete CTC head: {', '.join(missing)} missing", fix)
-    want = {"ctc.ctc_lo.weight": (dims.odim, dims.d_model), "ctc.ctc_lo.bias": (dims.odim,)}
+    want = dict(zip(CTC_KEYS, [(dims.odim, dims.d_model), (dims.odim,)]))
     for key, shape in want.items():
         got = tuple(getattr(state[key], "shape", ()))
         if got != shape:

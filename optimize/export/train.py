@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from optimize.corpus.manifest import read_manifest
 from optimize.corpus.tokenizer import Tokenizer
-from optimize.export.checkpoint import load_checkpoint, read_dict, save_checkpoint
+from optimize.export.checkpoint import CTC_PREFIX, load_checkpoint, read_dict, save_checkpoint
 from optimize.evaluate.wer import edit_distance
 from optimize.export.model import AedDims, FireRedAsrAed, encoder_lengths
 from optimize.runtime.audio import load_audio
@@ -158,7 +158,7 @@ class Trainer:
         # float16 checkpoint's rounded copies would be trained on, then fail load_checkpoint)
         own = self.model.state_dict()
         weights = ckpt.model.state_dict()
-        head = {k.removeprefix("ctc.ctc_lo."): weights.pop(k).float() for k in list(weights) if k.startswith("ctc.ctc_lo.")}
+        head = {k.removeprefix(CTC_PREFIX): weights.pop(k).float() for k in list(weights) if k.startswith(CTC_PREFIX)}
         self.model.load_state_dict({k: own[k] if k.endswith(".pe") else v.float() for k, v in weights.items()})
         if head:
             self.ctc.load_state_dict(head)
@@ -289,7 +289,7 @@ def _evaluate_and_save(trainer: Trainer, dev, dev_ids, stats, tokens, out: Path,
         trainer.best = err
         save_checkpoint(out / "best", trainer.model, stats, tokens)
         # the CTC head under FireRedASR2's keys (ctc.ctc_lo), for publishing in the v2 format
-        torch.save({f"ctc.ctc_lo.{k}": v for k, v in trainer.ctc.state_dict().items()}, out / "best" / CTC_HEAD_FILE)
+        torch.save({CTC_PREFIX + k: v for k, v in trainer.ctc.state_dict().items()}, out / "best" / CTC_HEAD_FILE)
     torch.save(trainer.state(), out / "last.pt.tmp")
     os.replace(out / "last.pt.tmp", out / "last.pt")
 
