@@ -173,3 +173,44 @@ def test_average_of_a_best_dir_and_a_last_pt(tmp_path):
     torch.save(other.state(), tmp_path / "other.pt")
     with pytest.raises(OptimizeError, match="other weights"):
         average(tmp_path / "y", [tmp_path / "a" / "best", tmp_path / "other.pt"])
+
+
+def test_average_takes_a_published_firered2_checkpoint(tmp_path):
+    """A FireRedASR2 checkpoint (head inside its model state) is an input and a --base; the result stays FireRedASR2."""
+    import io
+
+    from optimize.errors import OptimizeError
+    from optimize.export.average import average
+    from optimize.export.publish import publish
+    from optimize.export.train import CTC_HEAD_FILE, _evaluate_and_save
+
+    feats, ids = toy_batch()
+    stats = np.stack([np.r_[np.zeros(80), 10.0], np.r_[np.full(80, 10.0), 0.0]])
+    a = Trainer(TrainConfig(), DIMS)
+    _evaluate_and_save(a, feats, ids, stats, tuple(f"t{i}" for i in range(DIMS.odim)), tmp_path / "a", io.StringIO(), 0.0)
+    published = publish(tmp_path / "a" / "best", tmp_path / "pub", None, None, ctc_weight=0.5) / "checkpoint"
+    b = Trainer(TrainConfig(seed=2), DIMS)
+    torch.manual_seed(7)
+    for p in list(b.model.parameters()) + list(b.ctc.parameters()):
+        torch.nn.init.normal_(p, std=0.1)
+    torch.save(b.state(), tmp_path / "b.pt")
+    out = average(tmp_path / "avg", [published, tmp_path / "b.pt"], base_dir=published)
+    assert not (out / CTC_HEAD_FILE).exists()
+    got = load_checkpoint(out)
+    assert got.version == 2
+    pub = load_checkpoint(published).model.state_dict()
+    want_head = (pub["ctc.ctc_lo.weight"] + b.ctc.weight.detach()) / 2
+    torch.testing.assert_close(got.model.ctc.ctc_lo.weight, want_head)
+    key = "decoder.tgt_word_prj.weight"
+    torch.testing.assert_close(got.model.state_dict()[key], (pub[key] + b.model.state_dict()[key]) / 2)
+    # a training best/ as base keeps its layout: the head from the FireRedASR2 input goes to ctc_head.pt
+    beside = average(tmp_path / "avg1", [published, tmp_path / "a" / "best"], base_dir=tmp_path / "a" / "best")
+    assert load_checkpoint(beside).version == 1
+    torch.testing.assert_close(torch.load(beside / CTC_HEAD_FILE)["ctc.ctc_lo.weight"], (pub["ctc.ctc_lo.weight"] + a.ctc.weight.detach()) / 2)
+    no_head = Trainer(TrainConfig(), DIMS)
+    state = no_head.state()
+    del state["ctc"]
+    torch.save(state, tmp_path / "nohead.pt")
+    with pytest.raises(OptimizeError, match="has no CTC head"):
+        average(tmp_path / "bad", [published, tmp_path / "nohead.pt"], base_dir=published)
+    assert not (tmp_path / "bad").exists()
