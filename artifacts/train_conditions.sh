@@ -7,8 +7,8 @@
 # each schedule line below is one of them, replayed to the step where it stopped (--stop-at), each
 # resuming work/train-v3/last.pt with the learning-rate schedule it had (the rate is a function of
 # the step: --anneal FROM TO falls linearly to 0). Phase 3's model averaged the states at steps
-# 12600, 12750 and 12900; phase 4 (below) continues it on twice the data and is the published model.
-# Steps take 2-11 s on 2 cores: about 11 h. A stopped replay resumes where last.pt stands.
+# 12600, 12750 and 12900; phases 4 and 5 (below) continue it on more data; phase 5 is the published model.
+# Steps take 1-11 s on 2 cores: about 12 h in all. A stopped replay resumes where last.pt stands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # replay OUT FIRST_STEP TRAIN_COMMAND...: each stdin line "stop-at anneal-from anneal-to eval-every" not
@@ -25,6 +25,16 @@ replay() {
     done
 }
 phase_log() { python -c "import json,sys; [print(json.dumps(json.loads(l) | {'phase': $1})) for l in open('$2')]"; }
+combine() {  # combine OUT DRAW...: one manifest over work/corpus/DRAW/ (audio paths relative to it, ids kept apart)
+    python - "$@" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as out:
+    for d in sys.argv[2:]:
+        for line in open(f"work/corpus/{d}/manifest.jsonl"):
+            r = json.loads(line)
+            out.write(json.dumps(r | {"audio": f"{d}/{r['audio']}", "id": f"{d}-{r['id']}"}, ensure_ascii=False) + "\n")
+PY
+}
 manifest_log() {  # the dev-error log a committed default's manifest holds
     git show "$1:artifacts/firered-aed-tiny/manifest.json" \
         | python -c "import json,sys; [print(json.dumps(r)) for r in json.load(sys.stdin)['training_log']]"
@@ -70,14 +80,7 @@ for f in model.pth.tar cmvn.ark dict.txt train_bpe.model; do
     git show "2be7bd5:artifacts/firered-aed-tiny/checkpoint/$f" > "work/phase3/checkpoint/$f"
 done
 python -m optimize.corpus synth --split train --count 6000 --seed 3 --out work/corpus/train3 --jobs 2
-python - <<'PY'  # one manifest over both draws (audio paths relative to it, ids kept apart)
-import json
-with open("work/corpus/train-all.jsonl", "w") as out:
-    for d in ("train", "train3"):
-        for line in open(f"work/corpus/{d}/manifest.jsonl"):
-            r = json.loads(line)
-            out.write(json.dumps(r | {"audio": f"{d}/{r['audio']}", "id": f"{d}-{r['id']}"}, ensure_ascii=False) + "\n")
-PY
+combine work/corpus/train-all.jsonl train train3
 TRAIN4=(python -m optimize.export.train --train work/corpus/train-all.jsonl --dev work/corpus/dev/manifest80.jsonl
     --lang work/phase3/checkpoint --out work/train-v4 --init work/phase3/checkpoint --init-step 12900 --max-minutes 100000 --threads 2)
 # stop-at anneal-from anneal-to eval-every
@@ -97,3 +100,34 @@ python -m optimize.export.average work/train-v4/avg work/train-v4/last-13350.pt 
     work/train-v4/last-13450.pt work/train-v4/last-13500.pt --base work/train-v4/best
 python -m optimize.export.publish work/train-v4/avg work/pub/firered-aed-tiny --lang work/phase3/checkpoint \
     --train-log work/train-v4/all.log --ctc-weight 0.5  # then score it (BENCHMARKS.md 1.1) and copy it over artifacts/
+
+# Phase 5 (2026-11-30, session 10): phase 4's published weights (as committed at 5d13568) continue on
+# 15451 utterances, a third draw (seed 5, 6000 utterances) beside the first two, from step 13500 to
+# 17800 with the rate annealed to 0 from 15000; the first piece (to 13700) ran with the end of its
+# anneal still at 16500, which does not change a rate before 14500. States were kept every 100 steps.
+mkdir -p work/phase4/checkpoint
+for f in model.pth.tar cmvn.ark dict.txt train_bpe.model; do
+    git show "5d13568:artifacts/firered-aed-tiny/checkpoint/$f" > "work/phase4/checkpoint/$f"
+done
+python -m optimize.corpus synth --split train --count 6000 --seed 5 --out work/corpus/train5 --jobs 2
+combine work/corpus/train-all5.jsonl train train3 train5
+TRAIN5=(python -m optimize.export.train --train work/corpus/train-all5.jsonl --dev work/corpus/dev/manifest80.jsonl
+    --lang work/phase4/checkpoint --out work/train-v5 --init work/phase4/checkpoint --init-step 13500 --max-minutes 100000 --threads 2)
+# stop-at anneal-from anneal-to eval-every
+replay work/train-v5 13500 "${TRAIN5[@]}" <<'EOS'
+13700 14500 16500 100
+17400 15000 17800 100
+17500 15000 17800 100
+17600 15000 17800 100
+17700 15000 17800 100
+17800 15000 17800 100
+EOS
+phase_log 5 work/train-v5/train.log | cat <(manifest_log 5d13568) - > work/train-v5/all.log
+# the published weights: the mean of the states at steps 17400-17800 (the run saved one every 100 steps;
+# the replay stops at each, so its augmentation draws differ from the run's after 17400), chosen with
+# joint decoding on the 120 dev utterances (BENCHMARKS.md section 1.1); the CTC weight 0.5 was checked
+# there again (0.3-0.7)
+python -m optimize.export.average work/train-v5/avg work/train-v5/last-17400.pt work/train-v5/last-17500.pt \
+    work/train-v5/last-17600.pt work/train-v5/last-17700.pt work/train-v5/last-17800.pt --base work/train-v5/best
+python -m optimize.export.publish work/train-v5/avg work/pub5/firered-aed-tiny --lang work/phase4/checkpoint \
+    --train-log work/train-v5/all.log --ctc-weight 0.5  # then score it (BENCHMARKS.md 1.1) and copy it over artifacts/

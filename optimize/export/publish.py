@@ -37,6 +37,8 @@ HOW = (
     "python -m optimize.export.train --init <phase 2 model> (resumed pieces), python -m optimize.export.average; python -m optimize.export.publish; "
     "phase 4: python -m optimize.corpus synth (corpus_version 2: train seed 3, 6000 utts, beside seed 1), "
     "python -m optimize.export.train --init <phase 3 model> (resumed pieces), python -m optimize.export.average; python -m optimize.export.publish; "
+    "phase 5: python -m optimize.corpus synth (corpus_version 2: train seed 5, 6000 utts, beside seeds 1 and 3), "
+    "python -m optimize.export.train --init <phase 4 model> (resumed pieces), python -m optimize.export.average; python -m optimize.export.publish; "
     "see calibration/README.md and artifacts/README.md (artifacts/reproduce.sh, artifacts/train_conditions.sh)"
 )
 
