@@ -63,19 +63,17 @@ def average(out_dir: Path, inputs: list[Path], base_dir: Path | None = None) -> 
             raise OptimizeError(f"{p} holds other weights than {base_dir}", "average checkpoints of one training run")
     # positional tables are the exact float32 sinusoids (load_checkpoint checks them), also from a float16 base
     exact = FireRedAsrAed(base.dims).state_dict()
-    mean = {k: exact[k] if k.endswith(".pe") else sum(m[k].float() for m, _ in found) / len(found) for k, v in state.items()}
+    mean = {k: exact[k] if k.endswith(".pe") else sum(m[k].float() for m, _ in found) / len(found) for k in state}
     heads = [h for _, h in found]
     head = {k: sum(h[k].float() for h in heads) / len(heads) for k in heads[0]} if all(heads) else None
-    if base.model.ctc is not None:  # a FireRedASR2 base: the head stays inside the model state
-        if head is None:
-            missing = [str(p) for p, h in zip(inputs, heads) if h is None]
-            raise OptimizeError(f"{base_dir} is a FireRedASR2 checkpoint but {', '.join(missing)} has no CTC head",
-                                "average checkpoints that all carry the CTC head, or pass a --base without one")
-        base.model.load_state_dict(mean | head)
-    else:
-        base.model.load_state_dict(mean)
+    inside = base.model.ctc is not None  # a FireRedASR2 base: the head stays inside the model state
+    if inside and head is None:
+        missing = [str(p) for p, h in zip(inputs, heads) if h is None]
+        raise OptimizeError(f"{base_dir} is a FireRedASR2 checkpoint but {', '.join(missing)} has no CTC head",
+                            "average checkpoints that all carry the CTC head, or pass a --base without one")
+    base.model.load_state_dict(mean | head if inside else mean)
     save_checkpoint(out_dir, base.model, base.cmvn_stats, base.tokens)
-    if head is not None and base.model.ctc is None:
+    if head is not None and not inside:
         torch.save(head, out_dir / CTC_HEAD_FILE)
     return out_dir
 
