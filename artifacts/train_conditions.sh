@@ -35,6 +35,12 @@ with open(sys.argv[1], "w") as out:
             out.write(json.dumps(r | {"audio": f"{d}/{r['audio']}", "id": f"{d}-{r['id']}"}, ensure_ascii=False) + "\n")
 PY
 }
+committed_checkpoint() {  # committed_checkpoint COMMIT DIR: the default's checkpoint files as committed at COMMIT
+    mkdir -p "$2"
+    for f in model.pth.tar cmvn.ark dict.txt train_bpe.model; do
+        git show "$1:artifacts/firered-aed-tiny/checkpoint/$f" > "$2/$f"
+    done
+}
 manifest_log() {  # the dev-error log a committed default's manifest holds
     git show "$1:artifacts/firered-aed-tiny/manifest.json" \
         | python -c "import json,sys; [print(json.dumps(r)) for r in json.load(sys.stdin)['training_log']]"
@@ -42,10 +48,7 @@ manifest_log() {  # the dev-error log a committed default's manifest holds
 python -m optimize.corpus synth --split train --count 3451 --seed 1 --out work/corpus/train --jobs 2
 python -m optimize.corpus synth --split dev --count 120 --seed 2 --out work/corpus/dev --jobs 2
 head -80 work/corpus/dev/manifest.jsonl > work/corpus/dev/manifest80.jsonl  # dev scoring: its first 80
-mkdir -p work/phase2
-for f in model.pth.tar cmvn.ark dict.txt train_bpe.model; do
-    git show "afe3aa0:artifacts/firered-aed-tiny/checkpoint/$f" > "work/phase2/$f"
-done
+committed_checkpoint afe3aa0 work/phase2
 manifest_log afe3aa0 > work/phase2/train.log
 TRAIN=(python -m optimize.export.train --train work/corpus/train --dev work/corpus/dev/manifest80.jsonl
     --lang work/phase2 --out work/train-v3 --init work/phase2 --init-step 6000 --max-minutes 100000 --threads 2)
@@ -75,10 +78,7 @@ python -m optimize.export.publish work/train-v3/avg work/pub3/firered-aed-tiny -
 # 2.7 times the data, the same corpus with a second draw (seed 3, 6000 utterances) beside it, in
 # three resumed pieces; the anneal was shortened twice to fit the session. It starts from the
 # committed files (as phase 3 from phase 2's), not from the replay above, which is not bit-exact.
-mkdir -p work/phase3/checkpoint
-for f in model.pth.tar cmvn.ark dict.txt train_bpe.model; do
-    git show "2be7bd5:artifacts/firered-aed-tiny/checkpoint/$f" > "work/phase3/checkpoint/$f"
-done
+committed_checkpoint 2be7bd5 work/phase3/checkpoint
 python -m optimize.corpus synth --split train --count 6000 --seed 3 --out work/corpus/train3 --jobs 2
 combine work/corpus/train-all.jsonl train train3
 TRAIN4=(python -m optimize.export.train --train work/corpus/train-all.jsonl --dev work/corpus/dev/manifest80.jsonl
@@ -105,10 +105,7 @@ python -m optimize.export.publish work/train-v4/avg work/pub/firered-aed-tiny --
 # 15451 utterances, a third draw (seed 5, 6000 utterances) beside the first two, from step 13500 to
 # 17800 with the rate annealed to 0 from 15000; the first piece (to 13700) ran with the end of its
 # anneal still at 16500, which does not change a rate before 14500. States were kept every 100 steps.
-mkdir -p work/phase4/checkpoint
-for f in model.pth.tar cmvn.ark dict.txt train_bpe.model; do
-    git show "5d13568:artifacts/firered-aed-tiny/checkpoint/$f" > "work/phase4/checkpoint/$f"
-done
+committed_checkpoint 5d13568 work/phase4/checkpoint
 python -m optimize.corpus synth --split train --count 6000 --seed 5 --out work/corpus/train5 --jobs 2
 combine work/corpus/train-all5.jsonl train train3 train5
 TRAIN5=(python -m optimize.export.train --train work/corpus/train-all5.jsonl --dev work/corpus/dev/manifest80.jsonl
