@@ -45,6 +45,23 @@ manifest_log() {  # the dev-error log a committed default's manifest holds
     git show "$1:artifacts/firered-aed-tiny/manifest.json" \
         | python -c "import json,sys; [print(json.dumps(r)) for r in json.load(sys.stdin)['training_log']]"
 }
+# continue_phase N FROM INIT_STEP "STEP..." DRAW...: phase N continues the default committed at FROM (at
+# step INIT_STEP) on one manifest over work/corpus/DRAW/, replays stdin's schedule lines into
+# work/train-vN, and publishes the mean of its states at the STEPs (chosen on dev) to work/pubN
+continue_phase() {
+    local n=$1 from=$2 init=$3 steps=$4 start=work/phase$(($1 - 1))/checkpoint out=work/train-v$1 step
+    local states=()
+    shift 4
+    committed_checkpoint "$from" "$start"
+    combine "work/corpus/train-v$n.jsonl" "$@"
+    replay "$out" "$init" python -m optimize.export.train --train "work/corpus/train-v$n.jsonl" --dev work/corpus/dev/manifest80.jsonl \
+        --lang "$start" --out "$out" --init "$start" --init-step "$init" --max-minutes 100000 --threads 2
+    phase_log "$n" "$out/train.log" | cat <(manifest_log "$from") - > "$out/all.log"
+    for step in $steps; do states+=("$out/last-$step.pt"); done
+    python -m optimize.export.average "$out/avg" "${states[@]}" --base "$out/best"
+    python -m optimize.export.publish "$out/avg" "work/pub$n/firered-aed-tiny" --lang "$start" \
+        --train-log "$out/all.log" --ctc-weight 0.5  # then score it (BENCHMARKS.md 1.1) and copy it over artifacts/
+}
 python -m optimize.corpus synth --split train --count 3451 --seed 1 --out work/corpus/train --jobs 2
 python -m optimize.corpus synth --split dev --count 120 --seed 2 --out work/corpus/dev --jobs 2
 head -80 work/corpus/dev/manifest.jsonl > work/corpus/dev/manifest80.jsonl  # dev scoring: its first 80
@@ -78,13 +95,12 @@ python -m optimize.export.publish work/train-v3/avg work/pub3/firered-aed-tiny -
 # 2.7 times the data, the same corpus with a second draw (seed 3, 6000 utterances) beside it, in
 # three resumed pieces; the anneal was shortened twice to fit the session. It starts from the
 # committed files (as phase 3 from phase 2's), not from the replay above, which is not bit-exact.
-committed_checkpoint 2be7bd5 work/phase3/checkpoint
 python -m optimize.corpus synth --split train --count 6000 --seed 3 --out work/corpus/train3 --jobs 2
-combine work/corpus/train-all.jsonl train train3
-TRAIN4=(python -m optimize.export.train --train work/corpus/train-all.jsonl --dev work/corpus/dev/manifest80.jsonl
-    --lang work/phase3/checkpoint --out work/train-v4 --init work/phase3/checkpoint --init-step 12900 --max-minutes 100000 --threads 2)
+# the published weights: the mean of the states at steps 13350-13500 (the run saved them every 50
+# steps; the replay stops at each, so its augmentation draws differ from the run's after 13350),
+# chosen with joint decoding on the 120 dev utterances (BENCHMARKS.md section 1.1)
 # stop-at anneal-from anneal-to eval-every
-replay work/train-v4 12900 "${TRAIN4[@]}" <<'EOS'
+continue_phase 4 2be7bd5 12900 "13350 13400 13450 13500" train train3 <<'EOS'
 13000 12900 14100 100
 13200 12900 13700 100
 13350 12900 13500 50
@@ -92,26 +108,18 @@ replay work/train-v4 12900 "${TRAIN4[@]}" <<'EOS'
 13450 12900 13500 50
 13500 12900 13500 50
 EOS
-phase_log 4 work/train-v4/train.log | cat <(manifest_log 2be7bd5) - > work/train-v4/all.log
-# the published weights: the mean of the states at steps 13350-13500 (the run saved them every 50
-# steps; the replay stops at each, so its augmentation draws differ from the run's after 13350),
-# chosen with joint decoding on the 120 dev utterances (BENCHMARKS.md section 1.1)
-python -m optimize.export.average work/train-v4/avg work/train-v4/last-13350.pt work/train-v4/last-13400.pt \
-    work/train-v4/last-13450.pt work/train-v4/last-13500.pt --base work/train-v4/best
-python -m optimize.export.publish work/train-v4/avg work/pub/firered-aed-tiny --lang work/phase3/checkpoint \
-    --train-log work/train-v4/all.log --ctc-weight 0.5  # then score it (BENCHMARKS.md 1.1) and copy it over artifacts/
 
 # Phase 5 (2026-11-30, session 10): phase 4's published weights (as committed at 5d13568) continue on
 # 15451 utterances, a third draw (seed 5, 6000 utterances) beside the first two, from step 13500 to
 # 17800 with the rate annealed to 0 from 15000; the first piece (to 13700) ran with the end of its
 # anneal still at 16500, which does not change a rate before 14500. States were kept every 100 steps.
-committed_checkpoint 5d13568 work/phase4/checkpoint
 python -m optimize.corpus synth --split train --count 6000 --seed 5 --out work/corpus/train5 --jobs 2
-combine work/corpus/train-all5.jsonl train train3 train5
-TRAIN5=(python -m optimize.export.train --train work/corpus/train-all5.jsonl --dev work/corpus/dev/manifest80.jsonl
-    --lang work/phase4/checkpoint --out work/train-v5 --init work/phase4/checkpoint --init-step 13500 --max-minutes 100000 --threads 2)
+# the published weights: the mean of the states at steps 17400-17800 (the run saved one every 100 steps;
+# the replay stops at each, so its augmentation draws differ from the run's after 17400), chosen with
+# joint decoding on the 120 dev utterances (BENCHMARKS.md section 1.1); the CTC weight 0.5 was checked
+# there again (0.3-0.7)
 # stop-at anneal-from anneal-to eval-every
-replay work/train-v5 13500 "${TRAIN5[@]}" <<'EOS'
+continue_phase 5 5d13568 13500 "17400 17500 17600 17700 17800" train train3 train5 <<'EOS'
 13700 14500 16500 100
 17400 15000 17800 100
 17500 15000 17800 100
@@ -119,12 +127,3 @@ replay work/train-v5 13500 "${TRAIN5[@]}" <<'EOS'
 17700 15000 17800 100
 17800 15000 17800 100
 EOS
-phase_log 5 work/train-v5/train.log | cat <(manifest_log 5d13568) - > work/train-v5/all.log
-# the published weights: the mean of the states at steps 17400-17800 (the run saved one every 100 steps;
-# the replay stops at each, so its augmentation draws differ from the run's after 17400), chosen with
-# joint decoding on the 120 dev utterances (BENCHMARKS.md section 1.1); the CTC weight 0.5 was checked
-# there again (0.3-0.7)
-python -m optimize.export.average work/train-v5/avg work/train-v5/last-17400.pt work/train-v5/last-17500.pt \
-    work/train-v5/last-17600.pt work/train-v5/last-17700.pt work/train-v5/last-17800.pt --base work/train-v5/best
-python -m optimize.export.publish work/train-v5/avg work/pub5/firered-aed-tiny --lang work/phase4/checkpoint \
-    --train-log work/train-v5/all.log --ctc-weight 0.5  # then score it (BENCHMARKS.md 1.1) and copy it over artifacts/
