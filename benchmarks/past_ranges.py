@@ -35,26 +35,20 @@ SPLIT, SEED = "dev", 11
 
 def render(out: Path, name: str, count: int) -> Path:
     """Write out/name/ (16-bit WAV audio and manifest.jsonl) for one probe."""
-    drawn = synth.plan_utterance
 
-    def plan(split: str, seed: int, index: int):
-        p, rng = drawn(split, seed, index)
+    def adjust(index: int):
         r = np.random.default_rng([99, index])
         mild = dict(rt60=None, channel="wide", hum_hz=None, hum_db=None, noise="white", snr_db=20.0,
                     level_changes=False, rate=int(r.integers(140, 191)), peak=0.5)
-        return dataclasses.replace(p, **(mild | PROBES[name](r))), rng
+        return lambda plan: dataclasses.replace(plan, **(mild | PROBES[name](r)))
 
-    synth.plan_utterance = plan  # synthesize() draws its plan through this name
-    try:
-        d = out / name
-        (d / "audio").mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i in range(count):
-            x = synth.synthesize(SPLIT, SEED, i)
-            sf.write(d / "audio" / f"{x.plan.id}.wav", x.pcm, synth.SAMPLE_RATE, subtype="PCM_16")
-            rows.append({"audio": f"audio/{x.plan.id}.wav", "text": x.text, "lang": x.plan.lang, "duration": x.duration, "id": x.plan.id, "condition": name})
-    finally:
-        synth.plan_utterance = drawn
+    d = out / name
+    (d / "audio").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        x = synth.synthesize(SPLIT, SEED, i, adjust(i))
+        sf.write(d / "audio" / f"{x.plan.id}.wav", x.pcm, synth.SAMPLE_RATE, subtype="PCM_16")
+        rows.append({"audio": f"audio/{x.plan.id}.wav", "text": x.text, "lang": x.plan.lang, "duration": x.duration, "id": x.plan.id, "condition": name})
     tmp = d / "manifest.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(d / "manifest.jsonl")

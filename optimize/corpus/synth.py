@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -342,9 +343,15 @@ def _record(parts: list[np.ndarray], gains: list[float], pauses: list[int], plan
     return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def synthesize(split: str, seed: int, index: int) -> Rendered:
-    """Render utterance `index` of (split, seed). Same arguments, same PCM, on the same espeak-ng."""
+def synthesize(split: str, seed: int, index: int, adjust: Callable[[UtterancePlan], UtterancePlan] | None = None) -> Rendered:
+    """Render utterance `index` of (split, seed). Same arguments, same PCM, on the same espeak-ng.
+
+    `adjust` changes the drawn plan before rendering (the text is still drawn from the seed), for
+    probes outside the corpus's conditions (benchmarks/past_ranges.py); no split uses it.
+    """
     plan, rng = plan_utterance(split, seed, index)
+    if adjust is not None:
+        plan = adjust(plan)
     extra = np.random.default_rng([plan.noise_seed, 3])  # pauses and levels
     texts: list[str] = []
     parts: list[np.ndarray] = []
