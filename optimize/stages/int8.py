@@ -17,7 +17,7 @@ import onnx
 from optimize import graph
 from optimize.host import cpu_flags
 from optimize.errors import OptimizeError
-from optimize.stages import GRAPHS, TOOL_ERRORS, StageOutput, scratch_input, transform_pair
+from optimize.stages import GRAPHS, TOOL_ERRORS, StageOutput, scratch_input, sensitivity, transform_pair
 
 # Ops quantize_dynamic can turn into integer ops (onnxruntime/quantization/registry.py
 # IntegerOpsRegistry). Gemm is not among them in dynamic mode.
@@ -65,10 +65,7 @@ class Int8Config:
             raise OptimizeError(f"int8.graphs is {list(self.graphs)}", f"name one or both of {', '.join(GRAPHS)}")
         if self.reduce_range not in (True, False, "auto"):
             raise OptimizeError(f"int8.reduce_range is {self.reduce_range!r}", "use true, false or auto (on only without VNNI)")
-        if not 0 <= self.keep_float_budget < 1:
-            raise OptimizeError(f"int8.keep_float_budget is {self.keep_float_budget}", "use a share of the weights in [0, 1), e.g. 0.1; 0 turns it off")
-        if self.calibration_samples < 1:
-            raise OptimizeError(f"int8.calibration_samples is {self.calibration_samples}", "use 1 or more calibration utterances")
+        sensitivity.check_config("int8.keep_float_budget", self.keep_float_budget, "int8.calibration_samples", self.calibration_samples, 0.1)
         if self.keep_float_budget and "MatMul" not in self.op_types:
             raise OptimizeError("int8.keep_float_budget scores MatMuls and int8.op_types has no MatMul", "add MatMul to op_types or set keep_float_budget: 0")
 
@@ -97,8 +94,6 @@ def _check_patterns(src: Path, patterns: tuple[str, ...]) -> None:
 
 def _keep_float(src: Path, cfg: Int8Config, reduce_range: bool) -> tuple[dict[str, list[str]], dict]:
     """The MatMuls to keep float by measured sensitivity, per graph, and the record of why."""
-    from optimize.stages import sensitivity
-
     rounding = sensitivity.Rounding(8, cfg.per_channel, reduce_range)
     return sensitivity.select(src, cfg.graphs, cfg.nodes_to_exclude, rounding, cfg.calibration, cfg.calibration_samples, cfg.keep_float_budget)
 
@@ -154,8 +149,5 @@ def run(src: Path, dst: Path, cfg: Int8Config) -> StageOutput:
     if not any(after[r].get("DynamicQuantizeLinear", 0) for r in cfg.graphs):
         notes += ("quantize_dynamic quantized no node",)
     if cfg.keep_float_budget:
-        sens = record["sensitivity"]
-        kept = sum(len(v) for v in keep_float.values())
-        notes += (f"kept {kept} MatMul(s) float by measured sensitivity ({sens.get('chosen_share_of_weights', 0):.1%} of the quantizable weights; "
-                  f"calibration divergence {sens.get('divergence_all_quantized', 0):.3g} all int8 -> {sens.get('divergence_chosen_left_out', 0):.3g})",)  # fmt: skip
+        notes += (sensitivity.note(record["sensitivity"], keep_float, "kept {n} MatMul(s) float", "the quantizable weights", "int8"),)
     return StageOutput(before, after, notes, {"reduce_range": reduce_range, **record})

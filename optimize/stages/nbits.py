@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from optimize import graph
 from optimize.errors import OptimizeError
-from optimize.stages import GRAPHS, TOOL_ERRORS, StageOutput, transform_pair
+from optimize.stages import GRAPHS, TOOL_ERRORS, StageOutput, sensitivity, transform_pair
 
 # M = 1 output vs the dequantized weights' float product: activations are rounded to int8
 # per block at accuracy_level 4 (about 1% here), the #29853 failure is about 46%
@@ -43,10 +43,7 @@ EXCLUDED_AS = ("float", "int8")
 def check_config(stage: str, block_size: int, accuracy_level: int, graphs: tuple[str, ...], excluded_as: str = "float",
                  excluded_budget: float = 0.0, calibration_samples: int = 1) -> None:  # fmt: skip
     """The checks both weight-only configs make, with the stage's name in the message."""
-    if not 0 <= excluded_budget < 1:
-        raise OptimizeError(f"{stage}.excluded_budget is {excluded_budget}", "use a share of the weights in [0, 1), e.g. 0.4; 0 turns it off")
-    if calibration_samples < 1:
-        raise OptimizeError(f"{stage}.calibration_samples is {calibration_samples}", "use 1 or more calibration utterances")
+    sensitivity.check_config(f"{stage}.excluded_budget", excluded_budget, f"{stage}.calibration_samples", calibration_samples, 0.4)
     if excluded_as not in EXCLUDED_AS:
         raise OptimizeError(f"{stage}.excluded_as is {excluded_as!r}", f"use one of {', '.join(EXCLUDED_AS)}")
     if block_size < 16 or block_size & (block_size - 1):
@@ -75,17 +72,13 @@ def run_pair(src: Path, dst: Path, stage: str, bits: int, cfg) -> StageOutput:
     if not any(after[r].get("MatMulNBits", 0) for r in cfg.graphs):
         notes += ("no MatMul had a constant weight to quantize",)
     if cfg.excluded_budget:
-        sens = record["sensitivity"]
-        notes += (f"left {sum(len(v) for v in chosen.values())} MatMul(s) out of {bits}-bit as {cfg.excluded_as} by measured sensitivity "
-                  f"({sens.get('chosen_share_of_weights', 0):.1%} of the weights; calibration divergence "
-                  f"{sens.get('divergence_all_quantized', 0):.3g} all {bits}-bit -> {sens.get('divergence_chosen_left_out', 0):.3g})",)  # fmt: skip
+        what = f"left {{n}} MatMul(s) out of {bits}-bit as {cfg.excluded_as}"
+        notes += (sensitivity.note(record["sensitivity"], chosen, what, "the weights", f"{bits}-bit"),)
     return StageOutput(before, after, notes, record)
 
 
 def _sensitive(src: Path, bits: int, cfg) -> tuple[dict[str, list[str]], dict]:
     """The MatMuls that n-bit blocks move the pair's outputs most, within cfg.excluded_budget of the weights (optimize.stages.sensitivity)."""
-    from optimize.stages import sensitivity
-
     # accuracy_level 4 rounds each input block to int8; the probe rounds the input per tensor (coarser: an upper bound)
     rounding = sensitivity.Rounding(bits, block_size=cfg.block_size, quantize_input=cfg.accuracy_level == 4)
     return sensitivity.select(src, cfg.graphs, cfg.nodes_to_exclude, rounding, cfg.calibration, cfg.calibration_samples, cfg.excluded_budget)

@@ -34,6 +34,22 @@ FLAG_PREFIX = "int8_probe_flag_"
 MAX_STEPS = 256  # teacher-forced decoder steps per utterance at most
 
 
+
+def check_config(budget_field: str, budget: float, samples_field: str, samples: int, example: float) -> None:
+    """The checks every stage with a measured budget makes on it, with the stage's field names in the message."""
+    if not 0 <= budget < 1:
+        raise OptimizeError(f"{budget_field} is {budget}", f"use a share of the weights in [0, 1), e.g. {example:g}; 0 turns it off")
+    if samples < 1:
+        raise OptimizeError(f"{samples_field} is {samples}", "use 1 or more calibration utterances")
+
+
+def note(record: dict, chosen: dict[str, list[str]], what: str, weights: str, quantized: str) -> str:
+    """A stage's one-line account of `select`'s choice: `what` (with {n}, the MatMuls chosen), their share of `weights`,
+    and the calibration divergence with every candidate `quantized` against the choice left out."""
+    n = sum(len(v) for v in chosen.values())
+    return (f"{what.format(n=n)} by measured sensitivity ({record.get('chosen_share_of_weights', 0):.1%} of {weights}; "
+            f"calibration divergence {record.get('divergence_all_quantized', 0):.3g} all {quantized} -> {record.get('divergence_chosen_left_out', 0):.3g})")
+
 @dataclass(frozen=True)
 class Candidate:
     role: str  # "encoder" | "decoder"
