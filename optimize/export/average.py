@@ -23,7 +23,7 @@ import torch
 
 from optimize.errors import OptimizeError
 from optimize.export.checkpoint import CTC_PREFIX, load_checkpoint, save_checkpoint
-from optimize.export.model import FireRedAsrAed
+from optimize.export.model import exact_positional_tables
 from optimize.export.train import CTC_HEAD_FILE
 
 
@@ -62,7 +62,7 @@ def average(out_dir: Path, inputs: list[Path], base_dir: Path | None = None) -> 
         if {k: v.shape for k, v in model.items()} != shapes:
             raise OptimizeError(f"{p} holds other weights than {base_dir}", "average checkpoints of one training run")
     # positional tables are the exact float32 sinusoids (load_checkpoint checks them), also from a float16 base
-    exact = FireRedAsrAed(base.dims).state_dict()
+    exact = exact_positional_tables(base.dims)
     mean = {k: exact[k] if k.endswith(".pe") else sum(m[k].float() for m, _ in found) / len(found) for k in state}
     heads = [h for _, h in found]
     head = {k: sum(h[k].float() for h in heads) / len(heads) for k in heads[0]} if all(heads) else None

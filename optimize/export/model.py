@@ -309,6 +309,13 @@ class AbsPositionalEncoding(nn.Module):
         return self.pe[:, start : start + length]
 
 
+
+def exact_positional_tables(dims: AedDims) -> dict[str, torch.Tensor]:
+    """The two positional tables FireRedAsrAed(dims) holds, by state-dict key, as exact float32 sinusoids,
+    without building (and randomly initializing) the whole model."""
+    return {"encoder.positional_encoding.pe": RelPositionalEncoding(dims.d_model).pe,
+            "decoder.positional_encoding.pe": AbsPositionalEncoding(dims.d_model, dims.pe_maxlen).pe}
+
 class CtcHead(nn.Module):
     """FireRedASR2's CTC branch (fireredasr2/models/module/ctc.py): Linear(d_model, odim), log-softmax."""
 
